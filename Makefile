@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright: (c) 2026, pibake developers
+#
+# make build   installs what it needs, then builds the default image into deploy/
+# make test    everything CI runs
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PROFILE ?= cubeos
+VARIANT ?= dev
+VERSION ?= dev
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+LINK    := .ansible/collections/ansible_collections/pibake/image
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help deps venv setup build test lint unit integration molecule e2e clean distclean
+
+help:
+	@echo "make build    install dependencies and build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
+	@echo "make test     run every check CI runs"
+	@echo "make clean    tear down anything a killed build left attached or mounted"
+
+deps:
+	@tools/install-deps.sh
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -r requirements.txt
+	@touch $@
+
+$(LINK):
+	@mkdir -p $(dir $(LINK))
+	@ln -sfn ../../../.. $(LINK)
+
+venv: $(VENV)/.installed $(LINK)
+
+setup: deps venv
+
+build: setup
+	$(BIN)/ansible-playbook playbooks/build-image.yml -i inventories/$(PROFILE) -e variant=$(VARIANT) -e version=$(VERSION)
+
+lint: venv
+	$(BIN)/ansible-lint --profile production
+	$(BIN)/ansible-playbook --syntax-check -i inventories/cubeos playbooks/*.yml
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q -m "not e2e" tests/integration
+
+e2e: setup
+	$(BIN)/pytest -q -m e2e tests/integration
+
+test: setup
+	tools/run-tests.sh
+
+clean: venv
+	$(BIN)/ansible-playbook playbooks/clean.yml
+
+distclean: clean
+	rm -rf $(VENV) .ansible build

@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright: (c) 2026, pibake developers
+"""Publish finished files into the deploy folder so that each one appears whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Optional
+
+from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
+
+# Lines of a log that must never be published (belt and braces on top of no_log).
+SECRET_LINE = re.compile(r"(?i)(password|passphrase|secret|token|authorization)\s*[=:]\s*\S+")
+
+
+def _place(src: str, dest: str, move: bool) -> None:
+    """Copy or move ``src`` to a hidden temp name beside ``dest``, then rename it into place."""
+    temp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial-{os.getpid()}")
+    try:
+        if move and os.stat(src).st_dev == os.stat(os.path.dirname(dest)).st_dev:
+            os.rename(src, temp)
+        else:
+            with open(src, "rb") as reader, open(temp, "wb") as writer:
+                _sparse_copy(reader, writer)
+        os.chmod(temp, 0o644)
+        os.replace(temp, dest)
+    except OSError as err:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise PibakeError(f"Writing {dest} failed ({err.strerror}); free space in {os.path.dirname(dest)} and build again.") from None
+
+
+def _sparse_copy(reader, writer, block: int = 1 << 20) -> None:
+    zero = bytes(block)
+    while True:
+        chunk = reader.read(block)
+        if not chunk:
+            break
+        if chunk == zero[: len(chunk)]:
+            writer.seek(len(chunk), os.SEEK_CUR)
+        else:
+            writer.write(chunk)
+    writer.truncate()
+    writer.flush()
+    os.fsync(writer.fileno())
+
+
+def scrub_log(src: str, dest: str) -> None:
+    """Copy a build log, masking any line that looks like it carries a secret value."""
+    with open(src, encoding="utf-8", errors="replace") as reader, open(dest, "w", encoding="utf-8") as writer:
+        for line in reader:
+            writer.write(SECRET_LINE.sub(lambda m: m.group(1) + "=********", line))
+
+
+def publish(deploy_dir: str, files: List[Dict[str, str]], build_log: Optional[str], move: bool = True) -> List[str]:
+    """Put ``files`` ({src, name}) and the scrubbed build log into ``deploy_dir``; returns the paths written."""
+    os.makedirs(deploy_dir, exist_ok=True)
+    for entry in files:
+        if not os.path.isfile(entry["src"]):
+            raise PibakeError(f"Output {entry['src']} was not produced; see build.log for the step that failed.")
+    written = []
+    staged_log = None
+    if build_log and os.path.isfile(build_log):
+        staged_log = os.path.join(deploy_dir, f".build.log.scrub-{os.getpid()}")
+        scrub_log(build_log, staged_log)
+    try:
+        for entry in files:
+            dest = os.path.join(deploy_dir, entry["name"])
+            _place(entry["src"], dest, move)
+            written.append(dest)
+        if staged_log:
+            dest = os.path.join(deploy_dir, "build.log")
+            os.replace(staged_log, dest)
+            written.append(dest)
+    finally:
+        if staged_log and os.path.exists(staged_log):
+            os.unlink(staged_log)
+    return written
+
+
+def remove_partials(deploy_dir: str) -> List[str]:
+    """Delete temp files a killed publish left behind (they are hidden and never look like outputs)."""
+    removed = []
+    if os.path.isdir(deploy_dir):
+        for name in os.listdir(deploy_dir):
+            if name.startswith(".") and (".partial-" in name or ".scrub-" in name):
+                os.unlink(os.path.join(deploy_dir, name))
+                removed.append(name)
+    return removed
