@@ -2,5 +2,5 @@
 # Copyright: (c) 2026, pibake developers
 """Helpers shared by the test suites: a real local OCI registry, small arm64 test images, skopeo wrappers.
 
-Use them from a test module with ``pytest_plugins = ["tests.support.fixtures"]`` (or import the classes).
+Import the fixtures in a test module (``from tests.support.fixtures import registry``) or the classes.
 """

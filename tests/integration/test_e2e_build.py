@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright: (c) 2026, pibake developers
+"""The default image built end to end from the Debian arm64 base (shared by all e2e tests)."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from ansible_collections.pibake.image.plugins.module_utils import _loop, _mounts
+from ansible_collections.pibake.image.plugins.module_utils._partitions import read_table
+from tests.support import e2e
+
+pytestmark = pytest.mark.e2e
+
+
+def test_deploy_holds_image_os_info_and_log(cubeos_build):
+    assert cubeos_build.returncode == 0, cubeos_build.stdout[-4000:]
+    names = os.listdir(cubeos_build.deploy)
+    assert "os.info" in names and "build.log" in names and cubeos_build.image
+    info = cubeos_build.os_info
+    assert info["VARIANT"] == "dev" and info["VERSION"] == "e2e" and info["SKU"] == "cubeos"
+    assert re.fullmatch(r"[0-9a-f]{64}", info["BASE_IMAGE_SHA256"])
+    assert info["BASE_IMAGE"].startswith("debian ")
+
+
+def test_nothing_of_the_build_stays_attached(cubeos_build):
+    assert [d for d in _loop.list_loops() if e2e.OUTPUT in d["back-file"]] == []
+    assert _mounts.mounts_below(e2e.OUTPUT) == []
+
+
+def test_both_filesystems_check_clean(cubeos_build, tmp_path):
+    root = e2e.partition_region(cubeos_build.image, 2, str(tmp_path / "root.ext4"))
+    subprocess.run(["e2fsck", "-fn", root], check=True, capture_output=True)
+    boot = e2e.partition_region(cubeos_build.image, 1, str(tmp_path / "boot.fat"))
+    subprocess.run(["fsck.fat", "-n", boot], check=True, capture_output=True)
+
+
+def test_cmdline_root_matches_the_partition_table(cubeos_root, cubeos_build):
+    cmdline = cubeos_root.file("/boot/firmware/cmdline.txt").content_string
+    match = re.search(r"root=PARTUUID=(\S+)", cmdline)
+    assert match, cmdline
+    assert match.group(1) == read_table(cubeos_build.image).partuuid(2)
+
+
+def test_the_image_carries_no_identity(cubeos_root):
+    assert cubeos_root.file("/etc/machine-id").exists
+    assert cubeos_root.file("/etc/machine-id").size == 0
+    assert cubeos_root.run("ls /etc/ssh/ssh_host_* 2>/dev/null").stdout == ""
+
+
+def test_build_dns_and_guard_are_gone(cubeos_root):
+    assert not cubeos_root.file("/usr/sbin/policy-rc.d").exists
+
+
+def test_a_second_build_reuses_the_cached_base(cubeos_build, tmp_path):
+    log = open(os.path.join(cubeos_build.deploy, "build.log"), encoding="utf-8").read()
+    first_base = re.search(r"Resolve the base image\]\n\S+ \S+ (\w+):", log)
+    again = e2e.run_build("cubeos", "-e", '{"pibake_roles": ["pibake_test_marker"]}', "-e", "pibake_grow=0",
+                          deploy=str(tmp_path / "deploy"))
+    assert again.returncode == 0, again.stdout[-3000:]
+    second_log = open(os.path.join(again.deploy, "build.log"), encoding="utf-8").read()
+    assert re.search(r"Resolve the base image\]\n\S+ \S+ ok:", second_log), "the cached base was rebuilt"
+    assert first_base is not None
