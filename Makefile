@@ -16,7 +16,7 @@ LINK    := .ansible/collections/ansible_collections/pibake/image
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps venv setup build test lint unit integration molecule e2e clean distclean
+.PHONY: help deps venv setup build test lint docs unit integration molecule e2e clean distclean
 
 help:
 	@echo "make build    install dependencies and build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
@@ -26,10 +26,11 @@ help:
 deps:
 	@tools/install-deps.sh
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -r requirements.txt
+	@$(BIN)/pip install -q --no-deps -e . && rm -rf pibake_cli.egg-info
 	@touch $@
 
 $(LINK):
@@ -46,6 +47,13 @@ build: setup
 lint: venv
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/ansible-playbook --syntax-check -i inventories/cubeos playbooks/*.yml
+	$(BIN)/python tools/gen_role_docs.py --check roles/*
+	$(BIN)/python tools/gen_variables_doc.py --check
+	$(BIN)/python tools/gen_troubleshooting.py --check
+
+docs: venv
+	$(BIN)/python tools/gen_variables_doc.py
+	$(BIN)/python tools/gen_troubleshooting.py
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

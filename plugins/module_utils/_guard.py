@@ -26,7 +26,8 @@ def _watch(lease_path: str) -> None:
         if record is None and not os.path.exists(lease_path):
             return
         if record is not None and not _lease.owner_alive(record):
-            print(f"{time.strftime('%F %T')} owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping", flush=True)
+            sys.stdout.write(f"{time.strftime('%F %T')} owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping\n")
+            sys.stdout.flush()
             _session.reap(lease_path)
             return
         time.sleep(POLL_SECONDS)

@@ -221,10 +221,10 @@ class Session:
     def check_arch(self, arch: str) -> None:
         shell = _inside(self.root, "/bin/sh")
         if not os.path.exists(shell):
-            raise PibakeError(f"The image has no /bin/sh; it is not a usable Linux root filesystem.")
+            raise PibakeError("The image has no /bin/sh; it is not a usable Linux root filesystem.")
         found = _binfmt.elf_machine(os.path.realpath(shell))
         if arch not in ("", "native") and found != arch:
-            raise PibakeError(f"The image's programs are built for {found or 'an unknown architecture'}, not {arch}; give a {arch} image or set pibake_arch.")
+            raise PibakeError(f"The image's programs are built for {found or 'an unknown architecture'}, not {arch}; give an image built for {arch} or set pibake_arch.")
 
 
 def _start(kind: str, persistent: bool, owner_pid: int, **fields) -> Session:
@@ -245,23 +245,32 @@ def attach_image(
     owner_pid: int = 0,
     register_binfmt: bool = True,
     discard_dir: str = "",
+    copy_from: str = "",
+    min_free_bytes: int = 0,
 ) -> Session:
     """Attach and mount a Raspberry Pi disk image for customization.
 
     ``discard_dir`` (the build's working folder) is deleted when the session is reaped after its owner died.
+    ``copy_from``: make ``image`` first as a sparse copy of this base image. The copy is made after the lease is
+    written (fix: a build killed while copying used to leave the copy behind with no lease to find it by), and
+    every check runs on the base image before anything is written.
+    ``min_free_bytes``: refuse a root filesystem with less room than this after growing (too full to customize).
     """
     image = os.path.abspath(image)
-    if not os.path.isfile(image):
-        raise PibakeError(f"Image {image} does not exist; build or fetch the base image first.")
-    table = read_table(image)
-    require_pi_layout(table, image)
+    source = os.path.abspath(copy_from) if copy_from else image
+    if not os.path.isfile(source):
+        raise PibakeError(f"Image {source} does not exist; build or fetch the base image first.")
+    if copy_from and os.path.lexists(image):
+        raise PibakeError(f"{image} exists already; give the working copy a new path (or drop copy_from).")
+    table = read_table(source)
+    require_pi_layout(table, source)
     boot, rootp = table.get(1), table.get(2)
-    assert boot is not None and rootp is not None
-    if _probe_fstype(image, rootp.offset) != "ext4":
-        raise PibakeError(f"Partition 2 of {image} holds no ext4 filesystem; pibake customizes images with an ext4 root.")
+    if boot is None or rootp is None:  # require_pi_layout checked it; keeps type checkers honest
+        raise PibakeError(f"{image} lacks a boot or root partition; give a Raspberry Pi OS-style image.")
+    if _probe_fstype(source, rootp.offset) != "ext4":
+        raise PibakeError(f"Partition 2 of {source} holds no ext4 filesystem; pibake customizes images with an ext4 root.")
     mode = _binfmt.ensure_binfmt(arch, register=register_binfmt)
     work_dir = os.path.abspath(work_dir)
-    os.makedirs(work_dir, exist_ok=True)
     root = os.path.join(work_dir, "root")
     session = _start(
         "image", persistent, owner_pid, image=image, work_dir=work_dir, root=root, arch=arch, exec_mode=mode,
@@ -269,10 +278,14 @@ def attach_image(
         discard_dir=os.path.abspath(discard_dir) if discard_dir else "",
     )
     try:
+        if copy_from:
+            _copy_image(source, image)
+        os.makedirs(work_dir, exist_ok=True)
         if grow_bytes > 0:
             table = grow_last_partition(image, grow_bytes, 2)
             rootp = table.get(2)
-            assert rootp is not None
+            if rootp is None:
+                raise PibakeError(f"Growing {image} lost its root partition; start again from the base image.")
         root_dev = session._attach_loop(image, rootp.offset, rootp.length)
         if grow_bytes > 0:
             fsck = run(["e2fsck", "-f", "-p", root_dev], check=False)
@@ -281,6 +294,7 @@ def attach_image(
             run(["resize2fs", root_dev], what="Growing the root filesystem")
         session._mount(root_dev, root, "ext4")
         session.check_arch(arch)
+        _check_room(root, image, min_free_bytes, grow_bytes)
         firmware = _inside(root, "/boot/firmware")
         if _fatstage.kernel_has_vfat():
             boot_dev = session._attach_loop(image, boot.offset, boot.length)
@@ -297,10 +311,39 @@ def attach_image(
         session.install_guards(dns)
         session.record["state"] = "attached"
         session._save()
+    except OSError as err:
+        reap(_lease.path_of(session.record))
+        if err.errno == errno.ENOSPC:  # fix: a full root used to end in a traceback (writing policy-rc.d)
+            raise PibakeError(f"The root filesystem of {image} is full; raise pibake_grow (room added before "
+                              f"customizing, now {grow_bytes >> 20} MiB) and build again.") from None
+        raise
     except BaseException:
         reap(_lease.path_of(session.record))
         raise
     return session
+
+
+def _check_room(root: str, image: str, min_free_bytes: int, grow_bytes: int) -> None:
+    if min_free_bytes <= 0:
+        return
+    vfs = os.statvfs(root)
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < min_free_bytes:
+        raise PibakeError(
+            f"The root filesystem of {image} has only {free >> 20} MiB free after growing by {grow_bytes >> 20} MiB, "
+            f"less than the {min_free_bytes >> 20} MiB a customization needs; raise pibake_grow and build again."
+        )
+
+
+def _copy_image(source: str, image: str) -> None:
+    os.makedirs(os.path.dirname(image), exist_ok=True)
+    proc = run(["cp", "--sparse=always", "--reflink=auto", source, image], check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise PibakeError(
+            f"Copying the base image to {image} failed ({tail[-1] if tail else proc.returncode}); free space in "
+            f"{os.path.dirname(os.path.dirname(image))} or point pibake_work_dir elsewhere."
+        )
 
 
 def attach_dir(
@@ -378,7 +421,15 @@ def detach(lease_path: str, write_back: bool = True, trim: bool = True) -> Dict[
                 )
             shutil.rmtree(str(record["boot_stage"]), ignore_errors=True)
         _remove_mountpoint_dirs(record)
-        _lease.remove(record)
+        if record.get("discard_dir"):
+            # Fix: keep the lease while the working folder exists. Between this detach and the build's final
+            # `state=reaped` (which deletes the folder and the lease) the outputs are still being written; a build
+            # killed there used to leave its working folder, image included, with no lease to find it by. The
+            # guard (still watching) or the next build reaps the lease and deletes the folder instead.
+            record["state"] = "detached"
+            _lease.save(record)
+        else:
+            _lease.remove(record)
     return summary
 
 

@@ -69,10 +69,24 @@ options:
     description: With C(state=detached), discard the root filesystem's free blocks (keeps the image sparse).
     type: bool
     default: true
+  min_free:
+    description:
+      - Refuse an image whose root filesystem has less free room than this after growing, as too full to
+        customize (C(16M); C(0) for no check).
+    type: str
+    default: "0"
+  copy_from:
+    description:
+      - Create O(image) as a sparse copy of this base image first (its folder too, when missing). The lease is
+        written before the copy starts, so a build killed while copying leaves nothing a reap cannot find; every
+        check of the image layout runs on this file before anything is written.
+    type: path
   discard_dir:
     description:
       - The build's working folder. When the session is reaped because its owner died, this folder (holding the
         half-built image copy) is deleted, once nothing is mounted below it.
+      - After C(state=detached) such a session keeps its lease (state C(detached), nothing attached) for as long
+        as the folder is in use; C(state=reaped) with O(lease) ends it and deletes the folder.
     type: path
   include_persistent:
     description: With C(state=reaped), also reap persistent sessions.
@@ -86,13 +100,14 @@ attributes:
     support: none
     description: Nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Linux build host.
 notes:
   - Needs root, C(losetup), C(mount), C(sfdisk), C(e2fsprogs), C(mtools), C(dosfstools) and for arm64 images
     qemu-user-static with binfmt-support (C(make deps) installs them).
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""
@@ -177,6 +192,8 @@ def main():
             trim=dict(type="bool", default=True),
             include_persistent=dict(type="bool", default=False),
             discard_dir=dict(type="path"),
+            copy_from=dict(type="path"),
+            min_free=dict(type="str", default="0"),
         ),
         mutually_exclusive=[("image", "root_dir")],
         required_if=[("state", "detached", ("lease",))],
@@ -207,6 +224,8 @@ def main():
                 dns=params["dns"],
                 persistent=params["persistent"],
                 discard_dir=params["discard_dir"] or "",
+                copy_from=params["copy_from"] or "",
+                min_free_bytes=parse_size(params["min_free"]),
             )
         else:
             session = _session.attach_dir(

@@ -11,7 +11,7 @@ description:
   - Sets the fact C(pibake_mode) to C(image) when the host is reached through a chroot connection (an image
     being built) and to C(device) otherwise (a running device over SSH).
   - Runs on the controller only (action plugin); it costs no remote call, which matters under qemu emulation.
-  - Roles call it once at the start, guarded by C(when: pibake_mode is not defined).
+  - 'Roles call it once at the start, guarded by C(when: pibake_mode is not defined).'
 options: {}
 attributes:
   check_mode:
@@ -21,10 +21,11 @@ attributes:
     support: none
     description: Nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Any target.
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

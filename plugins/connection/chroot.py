@@ -1,0 +1,317 @@
+# SPDX-License-Identifier: Apache-2.0
+# Copyright: (c) 2026, pibake developers
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: chroot
+short_description: Run tasks inside a mounted image root on the build host
+description:
+  - Runs commands inside a root filesystem mounted on the build host (usually an image attached by
+    M(pibake.image.image_session)) with the host's C(chroot) binary, as root.
+  - Module payloads are piped to the interpreter (pipelining), so a task costs one process start in the image.
+  - C(put_file) and C(fetch_file) run on the build host, with no process inside the image. Every path is resolved
+    one component at a time below the image root; the image's symlinks are followed as the image sees them
+    (absolute targets restart at the image root, C(..) never climbs above it), so a link such as
+    C(/etc/x -> /etc/shadow) in the image reads or writes the image's C(/etc/shadow), never the build host's.
+  - Files are written to a temporary name in the destination directory and renamed into place. A new file becomes
+    C(root:root) with mode C(0644); an existing file keeps its owner and mode.
+  - Commands run with a clean environment, nothing is inherited from the controller (no virtualenv, no proxy
+    variables); see O(pibake_chroot_env).
+author: pibake developers (@pibake)
+version_added: 0.1.0
+notes:
+  - The controller must run as root (C(chroot) needs it). Commands already run as root inside the image, so
+    C(become) to root is a no-op. C(become) to another user is passed to the image's own C(su)/C(sudo), which must
+    then be installed in the image.
+  - Foreign-architecture images (arm64 on an x86_64 host) need qemu-user binfmt registered on the host.
+  - Setting C(ansible_python_interpreter=/usr/bin/python3) for the image host skips interpreter discovery.
+options:
+  remote_addr:
+    description:
+      - Path of the mounted image root on the build host.
+      - Used when O(pibake_chroot_root) is not set.
+    type: string
+    default: inventory_hostname
+    vars:
+      - name: inventory_hostname
+      - name: ansible_host
+  pibake_chroot_root:
+    description:
+      - Path of the mounted image root on the build host. Takes precedence over O(remote_addr), so the inventory
+        host can keep a readable name.
+    type: path
+    vars:
+      - name: pibake_chroot_root
+  executable:
+    description:
+      - Shell inside the image that runs each command, as C(chroot <root> <executable> -c <command>).
+      - Must be an absolute path inside the image; the image's symlinks (usrmerge) are followed.
+    type: string
+    default: /bin/sh
+    ini:
+      - section: defaults
+        key: executable
+    env:
+      - name: ANSIBLE_EXECUTABLE
+    vars:
+      - name: ansible_shell_executable
+  pibake_chroot_exe:
+    description:
+      - The build host's C(chroot) binary, a name looked up in the host's standard C(PATH) or an absolute path.
+    type: string
+    default: chroot
+    env:
+      - name: PIBAKE_CHROOT_EXE
+    vars:
+      - name: pibake_chroot_exe
+  pibake_chroot_env:
+    description:
+      - Extra environment variables for every command run in the image, merged over the defaults
+        C(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin), C(HOME=/root), C(LC_ALL=C.UTF-8),
+        C(LANG=C.UTF-8), C(DEBIAN_FRONTEND=noninteractive), C(DEBCONF_NONINTERACTIVE_SEEN=true) and C(TERM=dumb).
+      - A value of V(null) removes a default.
+      - "For example V({'LD_PRELOAD': 'libeatmydata.so'}) during a build makes dpkg skip its fsync calls."
+    type: dict
+    default: {}
+    vars:
+      - name: pibake_chroot_env
+  pipelining:
+    description:
+      - Pipe module payloads to the interpreter's stdin instead of writing them into the image first.
+      - On by default here, unlike other connections, because a chroot has no C(requiretty) problem; each task
+        then costs one process start in the image.
+    type: boolean
+    default: true
+    env:
+      - name: ANSIBLE_PIPELINING
+    ini:
+      - section: defaults
+        key: pipelining
+      - section: connection
+        key: pipelining
+    vars:
+      - name: ansible_pipelining
+"""
+
+EXAMPLES = r"""
+# Inventory line for an image attached at /srv/build/root (a plain rootfs directory works the same way):
+#   pibake_image ansible_connection=pibake.image.chroot pibake_chroot_root=/srv/build/root
+#       ansible_python_interpreter=/usr/bin/python3
+
+# Ad hoc, the host name being the root path:
+#   ansible -i /srv/build/root, -c pibake.image.chroot all -m ansible.builtin.command -a 'cat /etc/os-release'
+
+- name: Customize the attached image
+  hosts: pibake_image
+  connection: pibake.image.chroot
+  gather_facts: false
+  vars:
+    pibake_chroot_env:
+      LD_PRELOAD: libeatmydata.so
+  tasks:
+    - name: Write the image's hostname
+      ansible.builtin.copy:
+        content: "ourbox\n"
+        dest: /etc/hostname
+        mode: "0644"
+"""
+
+import os
+import shlex
+import shutil
+import subprocess
+import typing as t
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+from ansible_collections.pibake.image.plugins.module_utils._chroot_paths import (
+    executable_in_root,
+    fetch_from_root,
+    put_into_root,
+    real_root,
+)
+from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
+
+display = Display()
+
+# Where the build host's own tools are looked up; the controller's PATH (a virtualenv, say) plays no part.
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The whole environment of a command in the image (before pibake_chroot_env).
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "DEBCONF_NONINTERACTIVE_SEEN": "true",
+    "TERM": "dumb",
+}
+
+
+def build_env(extra: t.Optional[t.Mapping[str, t.Any]]) -> dict:
+    """BASE_ENV with ``extra`` merged over it; a None value removes a variable."""
+    env = dict(BASE_ENV)
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(str(key), None)
+        else:
+            env[str(key)] = str(value)
+    return env
+
+
+def chroot_argv(chroot_cmd: str, root: str, executable: str, cmd: str) -> list:
+    """The host argv that runs ``cmd`` in ``root``.
+
+    Ansible already wraps module commands as ``<executable> -c '<command>'``; when ``cmd`` is exactly that, the
+    wrapper's shell is run directly instead of starting a second shell around it (one process start fewer, which
+    under emulation is measurable). Anything else runs as ``<executable> -c <cmd>``.
+    """
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        words = []
+    if (
+        len(words) == 3
+        and words[1] == "-c"
+        and words[0].startswith("/")
+        and cmd == f"{words[0]} -c {shlex.quote(words[2])}"
+    ):
+        return [chroot_cmd, root, words[0], "-c", words[2]]
+    return [chroot_cmd, root, executable, "-c", cmd]
+
+
+class Connection(ConnectionBase):
+    """Commands through the host's chroot, file transfers on the host side below the image root."""
+
+    transport = "pibake.image.chroot"
+    has_pipelining = True
+    has_tty = False
+    default_user = "root"
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._checked: dict = {}  # (root option, executable) -> canonical root, checked once per connection
+        self._chroot_cmd: t.Optional[str] = None
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _root_option(self) -> str:
+        root = self.get_option("pibake_chroot_root")
+        if not root:
+            root = self.get_option("remote_addr") or self._play_context.remote_addr
+        return to_text(root or "")
+
+    def _root(self) -> str:
+        """Canonical host path of the image root, checked to hold the executable (once per value)."""
+        given = self._root_option()
+        executable = self.get_option("executable")
+        key = (given, executable)
+        if key not in self._checked:
+            try:
+                root = real_root(given)
+                executable_in_root(root, executable)
+            except PibakeError as err:
+                raise AnsibleConnectionFailure(str(err)) from None
+            self._checked[key] = root
+        return self._checked[key]
+
+    def _chroot_binary(self) -> str:
+        if self._chroot_cmd is None:
+            name = self.get_option("pibake_chroot_exe")
+            found = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name, path=HOST_PATH)
+            if not found:
+                raise AnsibleConnectionFailure(
+                    f"The build host has no {name} command; install coreutils or set pibake_chroot_exe to its path."
+                )
+            self._chroot_cmd = found
+        return self._chroot_cmd
+
+    # -- ConnectionBase ------------------------------------------------------------------------------------------
+
+    def _connect(self) -> "Connection":
+        root = self._root()
+        if not self._connected:
+            display.vvv(f"ESTABLISH PIBAKE CHROOT CONNECTION FOR USER: root IN {root}", host=root)
+            self._connected = True
+        return self
+
+    def exec_command(self, cmd: str, in_data: t.Optional[bytes] = None, sudoable: bool = True) -> tuple:
+        """Run ``cmd`` inside the image root; ``in_data`` goes to its stdin (pipelining)."""
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        if os.geteuid() != 0:
+            raise AnsibleConnectionFailure(
+                "The pibake.image.chroot connection needs root on the build host to chroot; run Ansible as root."
+            )
+        root = self._root()
+        argv = chroot_argv(self._chroot_binary(), root, self.get_option("executable"), to_text(cmd))
+        display.vvv(f"EXEC {shlex.join(argv)}", host=root)
+        try:
+            proc = subprocess.Popen(
+                [to_bytes(arg, errors="surrogate_or_strict") for arg in argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=build_env(self.get_option("pibake_chroot_env")),
+                cwd="/",
+                close_fds=True,
+            )
+        except OSError as err:
+            raise AnsibleConnectionFailure(
+                f"Could not start {argv[0]}: {err.strerror}; check the build host."
+            ) from None
+        stdout, stderr = proc.communicate(in_data)
+        self._raise_for_chroot_failure(proc.returncode, stderr, root)
+        return proc.returncode, stdout, stderr
+
+    @staticmethod
+    def _raise_for_chroot_failure(returncode: int, stderr: bytes, root: str) -> None:
+        """Turn a failure of the chroot binary itself (not of the command) into one sentence."""
+        if returncode not in (125, 126, 127) or not stderr.startswith(b"chroot: "):
+            return
+        detail = to_text(stderr, errors="surrogate_or_replace").strip().splitlines()[0]
+        if "Exec format error" in detail:
+            raise AnsibleConnectionFailure(
+                f"The image at {root} holds binaries of another architecture and the build host cannot run them "
+                f"({detail}); register qemu-user binfmt (e.g. `update-binfmts --enable qemu-aarch64`)."
+            )
+        raise AnsibleConnectionFailure(f"Could not enter the image at {root} ({detail}); check the image root.")
+
+    def put_file(self, in_path: str, out_path: str) -> None:
+        """Copy a controller file into the image, on the host side, resolving ``out_path`` inside the root."""
+        super().put_file(in_path, out_path)
+        root = self._root()
+        display.vvv(f"PUT {in_path} TO {out_path}", host=root)
+        if not os.path.isfile(to_bytes(in_path, errors="surrogate_or_strict")):
+            raise AnsibleFileNotFound(f"File to put into the image does not exist: {to_native(in_path)}")
+        try:
+            written = put_into_root(root, to_text(in_path), to_text(out_path))
+        except PibakeError as err:
+            raise AnsibleError(str(err)) from None
+        except OSError as err:
+            raise AnsibleError(f"Failed to put {in_path} into the image as {out_path}: {err.strerror}.") from None
+        display.vvvv(f"PUT wrote {written}", host=root)
+
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        """Copy a file out of the image, on the host side, resolving ``in_path`` inside the root."""
+        super().fetch_file(in_path, out_path)
+        root = self._root()
+        display.vvv(f"FETCH {in_path} TO {out_path}", host=root)
+        try:
+            read = fetch_from_root(root, to_text(in_path), to_text(out_path))
+        except PibakeError as err:
+            raise AnsibleError(str(err)) from None
+        except OSError as err:
+            raise AnsibleError(f"Failed to fetch {in_path} from the image to {out_path}: {err.strerror}.") from None
+        display.vvvv(f"FETCH read {read}", host=root)
+
+    def reset(self) -> None:
+        """Nothing persists between commands, so there is nothing to reset."""
+
+    def close(self) -> None:
+        """Nothing to tear down: every command is its own process."""
+        self._connected = False
