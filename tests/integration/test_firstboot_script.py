@@ -408,3 +408,76 @@ def test_access_point_waits_for_its_interface(device):
     assert proc.returncode == 0, proc.stdout
     assert not [c for c in device.calls() if c.startswith("systemctl start")]
     assert "no wlan0 (yet)" in proc.stdout
+
+
+SFDISK_SHIM = """#!/bin/sh
+echo "sfdisk $*" >> "$SHIM_DIR/calls.log"
+case "$1" in
+  --json) echo '{"partitiontable": {"label": "'"${SHIM_LABEL:-dos}"'", "device": "/dev/vda"}}' ;;
+  --no-reread) cat > "$SHIM_DIR/sfdisk.stdin" ;;
+esac
+"""
+
+
+def _fake_disk(device, disk_sectors, parts):
+    """sysfs for /dev/vda with partitions {number: (start, size)}; the root filesystem is on partition 2."""
+    disk = device.sys / "block" / "vda"
+    disk.mkdir(parents=True)
+    (disk / "size").write_text(f"{disk_sectors}\n")
+    for number, (start, size) in parts.items():
+        part = disk / f"vda{number}"
+        part.mkdir()
+        (part / "partition").write_text(f"{number}\n")
+        (part / "start").write_text(f"{start}\n")
+        (part / "size").write_text(f"{size}\n")
+    (device.sys / "dev" / "block").mkdir(parents=True)
+    (device.sys / "dev" / "block" / "254:2").symlink_to(disk / "vda2")
+    _write_exec(device.shims / "sfdisk", SFDISK_SHIM)
+    for name in ("partx", "resize2fs"):
+        _write_exec(device.shims / name, LOG_SHIM)
+    device.config["grow_rootfs"]["enabled"] = True
+
+
+def _grow_calls(device):
+    return [c for c in device.calls() if c.split()[0] in ("sfdisk", "partx", "resize2fs")]
+
+
+def test_grow_rootfs_into_free_space(device):
+    _fake_disk(device, 8388608, {1: (8192, 524288), 2: (532480, 2097152)})
+    proc = device.run("identity", extra_env={"PIBAKE_ROOT_DEV": "254:2"})
+    assert proc.returncode == 0, proc.stdout
+    assert _grow_calls(device) == [
+        "sfdisk --json /dev/vda",
+        "sfdisk --no-reread --no-tell-kernel -N 2 /dev/vda",
+        "partx -u --nr 2 /dev/vda",
+        "resize2fs /dev/vda2",
+    ]
+    assert (device.shims / "sfdisk.stdin").read_text() == ", +\n"
+    assert "grown by 2812 MiB" in proc.stdout
+
+
+def test_grow_rootfs_relocates_the_gpt_backup_header(device):
+    _fake_disk(device, 8388608, {1: (8192, 524288), 2: (532480, 2097152)})
+    device.run("identity", extra_env={"PIBAKE_ROOT_DEV": "254:2", "SHIM_LABEL": "gpt"})
+    assert "sfdisk --relocate gpt-bkp-header /dev/vda" in _grow_calls(device)
+
+
+def test_grow_rootfs_full_disk_only_resizes_the_filesystem(device):
+    _fake_disk(device, 532480 + 2097152 + 100, {1: (8192, 524288), 2: (532480, 2097152)})
+    assert device.run("identity", extra_env={"PIBAKE_ROOT_DEV": "254:2"}).returncode == 0
+    assert _grow_calls(device) == ["resize2fs /dev/vda2"]
+
+
+def test_grow_rootfs_never_moves_a_later_partition(device):
+    _fake_disk(device, 8388608, {1: (8192, 524288), 2: (532480, 2097152), 3: (2629632, 1000000)})
+    proc = device.run("identity", extra_env={"PIBAKE_ROOT_DEV": "254:2"})
+    assert proc.returncode == 0
+    assert _grow_calls(device) == []
+    assert "not the last partition" in proc.stdout
+
+
+def test_grow_rootfs_disabled_when_the_base_grows_itself(device):
+    _fake_disk(device, 8388608, {1: (8192, 524288), 2: (532480, 2097152)})
+    device.config["grow_rootfs"]["enabled"] = False
+    assert device.run("identity", extra_env={"PIBAKE_ROOT_DEV": "254:2"}).returncode == 0
+    assert _grow_calls(device) == []
