@@ -17,7 +17,7 @@ requirements:
   - Enabled through C(callbacks_enabled) in C(ansible.cfg) (the project's does).
 options: {}
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 import json

@@ -40,7 +40,7 @@ attributes:
   diff_mode:
     support: full
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

@@ -44,12 +44,13 @@ attributes:
     support: none
     description: Nothing to diff.
   platform:
+    support: full
     platforms: posix
     description: Linux with util-linux (sfdisk, wipefs, partx, blkid) and e2fsprogs; runs as root.
 seealso:
   - module: pibake.image.flash
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

@@ -28,7 +28,7 @@ attributes:
   diff_mode:
     support: none
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

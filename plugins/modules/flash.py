@@ -83,6 +83,7 @@ attributes:
     support: none
     description: A disk image has no meaningful diff.
   platform:
+    support: full
     platforms: posix
     description: Linux with util-linux, e2fsprogs, mtools, and xz/zstd for compressed images; runs as root.
 notes:
@@ -91,7 +92,7 @@ notes:
 seealso:
   - module: pibake.image.data_disk
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

@@ -54,7 +54,7 @@ notes:
 seealso:
   - module: pibake.image.oci_publish
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""

@@ -104,7 +104,7 @@ notes:
 seealso:
   - module: pibake.image.oci_pull
 author:
-  - pibake developers
+  - pibake developers (@pibake)
 """
 
 EXAMPLES = r"""
