@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg" PYTHONDONTWRITEBYTECODE=1
-STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration faults molecule ecosystem"}
+STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration molecule ecosystem"}
 declare -A took
 failed=""
 
