@@ -52,6 +52,8 @@ ENVIRONMENT = {
     "PIBAKE_REGISTRY_PASSWORD": "Registry password or access token (never logged).",
     "PIBAKE_REPO": "The pibake.image checkout the `pibake` command runs (default: found from where it runs).",
     "PIBAKE_LEASE_DIR": "Folder of session leases (default `/run/pibake/leases`).",
+    "PIBAKE_BINFMT_DIR": "Where binfmt_misc is mounted (default `/proc/sys/fs/binfmt_misc`); the fault tests point "
+                         "it at a missing path to stand for a host without binfmt_misc.",
     "PIBAKE_CHROOT_EXE": "The `chroot` program the `pibake.image.chroot` connection runs.",
     "PIBAKE_TEST_STAGES": "`make test`: the stages to run, e.g. `\"lint unit\"`.",
     "PIBAKE_ECOSYSTEM_CHECKS": "`tools/ecosystem-checks.sh`: the checks to run (`docs sanity`).",

@@ -13,6 +13,16 @@ from ansible_collections.pibake.image.plugins.module_utils._run import run
 
 BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
 
+
+def binfmt_dir() -> str:
+    """Where binfmt_misc is mounted.
+
+    ``PIBAKE_BINFMT_DIR`` overrides it for tests: a path that does not exist stands for a host (or unprivileged
+    container) where binfmt_misc is neither mounted nor mountable.
+    """
+    return os.environ.get("PIBAKE_BINFMT_DIR") or BINFMT_DIR
+
+
 # ELF e_machine values of the architectures pibake builds for.
 ELF_MACHINES = {"aarch64": 0xB7, "x86_64": 0x3E, "arm": 0x28}
 
@@ -36,7 +46,7 @@ def elf_machine(path: str) -> str:
 
 
 def _entry_status(arch: str) -> str:
-    path = os.path.join(BINFMT_DIR, f"qemu-{arch}")
+    path = os.path.join(binfmt_dir(), f"qemu-{arch}")
     if not os.path.exists(path):
         return "missing"
     with open(path, encoding="ascii", errors="replace") as handle:
@@ -52,10 +62,11 @@ def ensure_binfmt(arch: str, register: bool = True) -> str:
     """Check that ``arch`` binaries run on this host, registering qemu-user when allowed. Returns how."""
     if arch in ("", "native", host_arch()):
         return "native"
-    if not os.path.exists(os.path.join(BINFMT_DIR, "status")):
+    folder = binfmt_dir()
+    if not os.path.exists(os.path.join(folder, "status")):
         if not register:
-            raise PibakeError(f"binfmt_misc is not mounted; run `mount -t binfmt_misc binfmt_misc {BINFMT_DIR}` (or `make deps`).")
-        proc = run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR], check=False)
+            raise PibakeError(f"binfmt_misc is not mounted; run `mount -t binfmt_misc binfmt_misc {folder}` (or `make deps`).")
+        proc = run(["mount", "-t", "binfmt_misc", "binfmt_misc", folder], check=False)
         if proc.returncode != 0:
             raise PibakeError(
                 "binfmt_misc cannot be mounted here, so arm64 binaries cannot run; build on a host (or privileged "

@@ -65,6 +65,8 @@ def start_guard(lease_path: str) -> int:
         os.chdir("/")
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_IGN)
+        # The module that forks the guard turns SIGTERM into an exception; the guard keeps the default.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _watch(lease_path)
     except BaseException:  # the guard must never die silently
         traceback.print_exc()

@@ -20,7 +20,10 @@ def attach(backing: str, offset: int, size: int) -> str:
     )
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip()
-        if "could not find any free loop device" in detail or "No such device" in detail:
+        # util-linux 2.38 (Debian 12) says "cannot find an unused loop device"; older releases said "could not
+        # find any free loop device" (fix: only the old wording was recognized).
+        if any(text in detail for text in ("cannot find an unused loop device", "could not find any free loop device",
+                                           "No such device")):
             raise PibakeError("No free loop device is available; run `ansible-playbook playbooks/clean.yml` or free one with `losetup -d`.")
         raise PibakeError(f"Attaching {backing} at offset {offset} failed ({detail}); check that loop devices are usable (`losetup -f`).")
     return text(proc).strip()

@@ -167,6 +167,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
+from ansible_collections.pibake.image.plugins.module_utils._signals import unwind_on_sigterm
 
 try:
     from ansible_collections.pibake.image.plugins.module_utils import _guard, _lease, _session
@@ -177,6 +178,9 @@ except ImportError:  # pragma: no cover - reported through fail_json
 
 
 def main():
+    # Fix: an attach cut short by SIGTERM (Ansible passes it on when ansible-playbook is interrupted) left its loops
+    # and mounts for the next build or clean.yml; unwinding runs the attach's own teardown (its except clause).
+    unwind_on_sigterm()
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["attached", "detached", "reaped"], default="attached"),
@@ -232,7 +236,11 @@ def main():
                 params["root_dir"], arch=params["arch"], dns=params["dns"], persistent=params["persistent"]
             )
         lease_path = _lease.path_of(session.record)
-        guard_pid = 0 if params["persistent"] else _guard.start_guard(lease_path)
+        try:
+            guard_pid = 0 if params["persistent"] else _guard.start_guard(lease_path)
+        except BaseException:  # interrupted before a guard watches the session: undo it now
+            _session.reap(lease_path)
+            raise
         record = session.record
         module.exit_json(
             changed=True,

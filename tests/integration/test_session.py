@@ -166,3 +166,60 @@ def test_killing_ansible_playbook_mid_customization_leaks_nothing(image, tmp_pat
     assert _lease.all_leases() == []
     assert not (tmp_path / "discard").exists()
     assert not subprocess.run(["pgrep", "-f", f"{image}.d/root"], capture_output=True).stdout
+
+
+def _fill_root(image, free_mib=None):
+    """Fill the image's root filesystem with a file (all of it when ``free_mib`` is None)."""
+    root_offset = (mini_image.BOOT_START + mini_image.BOOT_SIZE) * 512
+    part = f"{image}.root"
+    subprocess.run(["dd", f"if={image}", f"of={part}", "bs=1M", f"skip={root_offset}", "iflag=skip_bytes",
+                    "conv=sparse", "status=none"], check=True)
+    size = (mini_image.ROOT_SIZE * 512 if free_mib is None else (mini_image.ROOT_SIZE * 512) - (free_mib << 20))
+    filler = f"{image}.filler"
+    with open(filler, "wb") as handle:
+        handle.write(os.urandom(size))
+    subprocess.run(["debugfs", "-w", "-R", f"write {filler} /filler", part], capture_output=True, check=False)
+    subprocess.run(["dd", f"if={part}", f"of={image}", "bs=1M", f"seek={root_offset}", "oflag=seek_bytes",
+                    "conv=notrunc,sparse", "status=none"], check=True)
+    os.unlink(part)
+    os.unlink(filler)
+
+
+def test_copy_from_makes_the_working_copy_under_the_lease_which_outlives_detach(image, tmp_path, lease_dir):
+    work = tmp_path / "build" / "x.1234"
+    session = _session.attach_image(str(work / "image.img"), str(work / "mnt"), owner_pid=os.getpid(), dns=False,
+                                    copy_from=image, discard_dir=str(work))
+    lease = _lease.path_of(session.record)
+    assert os.path.getsize(work / "image.img") == os.path.getsize(image)
+    assert _lease.load(lease)["discard_dir"] == str(work)
+    _session.detach(lease, trim=False)
+    # Detached, but the lease still owns the working folder until the build's final reap.
+    assert _lease.load(lease)["state"] == "detached" and work.is_dir()
+    assert ours(tmp_path) == ([], [])
+    assert _session.reap(lease) is True
+    assert not work.exists() and _lease.all_leases() == []
+
+
+def test_copy_from_checks_the_base_before_writing_anything(tmp_path, lease_dir):
+    gpt = tmp_path / "gpt.img"
+    with open(gpt, "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run(["sfdisk", "-q", str(gpt)], input=b"label: gpt\n,32M\n,\n", check=True)
+    with pytest.raises(PibakeError, match="GPT"):
+        _session.attach_image(str(tmp_path / "w" / "image.img"), str(tmp_path / "w" / "mnt"), owner_pid=os.getpid(),
+                              copy_from=str(gpt), discard_dir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists() and _lease.all_leases() == []
+
+
+def test_a_root_with_too_little_room_is_refused_and_undone(image, tmp_path, lease_dir):
+    _fill_root(image, free_mib=4)
+    with pytest.raises(PibakeError, match=r"has only \d+ MiB free after growing by 0 MiB, .*raise pibake_grow"):
+        _session.attach_image(image, str(tmp_path / "w"), owner_pid=os.getpid(), min_free_bytes=16 << 20)
+    assert ours(tmp_path) == ([], []) and _lease.all_leases() == []
+
+
+def test_a_full_root_is_one_sentence_not_a_traceback(image, tmp_path, lease_dir):
+    _fill_root(image)
+    with pytest.raises(PibakeError, match=r"The root filesystem of .* is full; raise pibake_grow"):
+        _session.attach_image(image, str(tmp_path / "w"), owner_pid=os.getpid())
+    assert ours(tmp_path) == ([], []) and _lease.all_leases() == []
