@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._run import run
@@ -53,22 +53,24 @@ def bind(source: str, target: str, read_only: bool = False) -> None:
         run(["mount", "-o", "remount,bind,ro", target], what=f"Remounting {target} read-only")
 
 
-def unmount(target: str, attempts: int = 10) -> None:
-    """Unmount one mountpoint, retrying briefly while the last users exit."""
+def unmount(target: str, attempts: int = 10, on_busy: Optional[Callable[[], None]] = None) -> None:
+    """Unmount one mountpoint, retrying briefly while the last users exit (``on_busy`` runs before each retry)."""
     for attempt in range(attempts):
         if not is_mountpoint(target):
             return
         proc = run(["umount", target], check=False)
         if proc.returncode == 0:
             return
+        if on_busy is not None:
+            on_busy()
         time.sleep(0.2 * (attempt + 1))
     raise PibakeError(f"{target} stays busy; stop the processes using it (`fuser -vm {target}`) and run playbooks/clean.yml.")
 
 
-def unmount_below(folder: str) -> List[str]:
+def unmount_below(folder: str, on_busy: Optional[Callable[[], None]] = None) -> List[str]:
     """Unmount everything at or below ``folder``; returns what was unmounted."""
     done = []
     for mountpoint in mounts_below(folder):
-        unmount(mountpoint)
+        unmount(mountpoint, on_busy=on_busy)
         done.append(mountpoint)
     return done

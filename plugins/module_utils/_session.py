@@ -126,26 +126,38 @@ def _digest(path: str) -> Optional[str]:
 
 
 def processes_in_root(root: str) -> List[int]:
-    """Processes whose root directory is ``root`` or below it (daemons or tasks left inside the chroot)."""
+    """Processes whose root or working directory is ``root`` or below it (daemons or tasks left inside).
+
+    The working directory counts too: a `chroot` command caught between chdir and chroot holds the mount busy
+    although its root is still the host's.
+    """
     real = os.path.realpath(root)
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
-        try:
-            proc_root = os.readlink(f"/proc/{name}/root")
-        except OSError:
-            continue
-        if proc_root == real or proc_root.startswith(real + "/"):
-            found.append(int(name))
+        for link in ("root", "cwd"):
+            try:
+                target = os.readlink(f"/proc/{name}/{link}")
+            except OSError:
+                continue
+            if target == real or target.startswith(real + "/"):
+                found.append(int(name))
+                break
     return found
 
 
 def kill_processes_in_root(root: str, grace: float = 3.0) -> List[int]:
     """SIGTERM then SIGKILL everything still running inside the chroot."""
-    victims = processes_in_root(root)
+    victims: List[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in victims:
+        # Scan again each round: a process may have entered the root after the first look.
+        current = processes_in_root(root)
+        if not current:
+            break
+        for pid in current:
+            if pid not in victims:
+                victims.append(pid)
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -153,8 +165,6 @@ def kill_processes_in_root(root: str, grace: float = 3.0) -> List[int]:
         deadline = time.time() + grace
         while time.time() < deadline and processes_in_root(root):
             time.sleep(0.1)
-        if not processes_in_root(root):
-            break
     return victims
 
 
@@ -384,9 +394,16 @@ def _restore_guards(record: Dict[str, object], root: str) -> None:
 
 
 def _unmount_recorded(record: Dict[str, object]) -> None:
+    root = str(record.get("root") or "")
+
+    def evict() -> None:
+        # A mount still busy means something entered after the first sweep: sweep again before retrying.
+        if root:
+            kill_processes_in_root(root, grace=1.0)
+
     for mountpoint in reversed(list(record.get("mounts") or [])):
         if os.path.isdir(mountpoint):
-            _mounts.unmount_below(mountpoint)
+            _mounts.unmount_below(mountpoint, on_busy=evict)
 
 
 def _detach_recorded_loops(record: Dict[str, object]) -> None:

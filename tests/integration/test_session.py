@@ -108,6 +108,21 @@ def test_a_dead_owner_is_reaped_and_nothing_else(image, tmp_path, lease_dir):
     assert _lease.all_leases() == []
 
 
+def test_a_process_entering_during_the_reap_is_swept_too(image, tmp_path, lease_dir):
+    """A process that only sits in the root (working directory, not chroot) or arrives late still gets killed."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    session = _session.attach_image(image, str(tmp_path / "w"), owner_pid=sleeper.pid, dns=False)
+    visitor = subprocess.Popen(["sleep", "300"], cwd=session.root)
+    late = subprocess.Popen(["sh", "-c", f"sleep 0.3; exec chroot {session.root} /bin/sleep 300"])
+    assert visitor.pid in _session.processes_in_root(session.root)
+    sleeper.kill()
+    sleeper.wait()
+    assert _session.reap_stale() == [session.record["id"]]
+    assert visitor.wait(timeout=10) != 0
+    late.wait(timeout=10)
+    assert ours(tmp_path) == ([], [])
+
+
 def test_a_gpt_or_broken_image_is_refused_with_one_sentence(tmp_path, lease_dir):
     gpt = tmp_path / "gpt.img"
     with open(gpt, "wb") as handle:
