@@ -16,7 +16,7 @@ LINK    := .ansible/collections/ansible_collections/pibake/image
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps venv setup build test lint docs unit integration molecule e2e clean distclean
+.PHONY: help deps venv setup build test lint docs unit integration molecule faults e2e boot clean distclean
 
 help:
 	@echo "make build    install dependencies and build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
@@ -55,14 +55,12 @@ docs: venv
 	$(BIN)/python tools/gen_variables_doc.py
 	$(BIN)/python tools/gen_troubleshooting.py
 
+# One stage of `make test` each (tools/run-tests.sh has what each runs).
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	PIBAKE_TEST_STAGES=unit tools/run-tests.sh
 
-integration: setup
-	$(BIN)/pytest -q -m "not e2e" tests/integration
-
-e2e: setup
-	$(BIN)/pytest -q -m e2e tests/integration
+integration molecule faults e2e boot: setup
+	PIBAKE_TEST_STAGES=$@ tools/run-tests.sh
 
 test: setup
 	tools/run-tests.sh

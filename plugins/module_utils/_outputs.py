@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import Dict, List, Optional
+import signal
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 
@@ -14,9 +16,13 @@ from ansible_collections.pibake.image.plugins.module_utils._errors import Pibake
 SECRET_LINE = re.compile(r"(?i)(password|passphrase|secret|token|authorization)\s*[=:]\s*\S+")
 
 
-def _place(src: str, dest: str, move: bool) -> None:
-    """Copy or move ``src`` to a hidden temp name beside ``dest``, then rename it into place."""
-    temp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial-{os.getpid()}")
+def _temp_name(dest: str) -> str:
+    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial-{os.getpid()}")
+
+
+def _stage(src: str, dest: str, move: bool) -> str:
+    """Copy or move ``src`` to a hidden temp name beside ``dest``; returns the temp name."""
+    temp = _temp_name(dest)
     try:
         if move and os.stat(src).st_dev == os.stat(os.path.dirname(dest)).st_dev:
             os.rename(src, temp)
@@ -24,11 +30,22 @@ def _place(src: str, dest: str, move: bool) -> None:
             with open(src, "rb") as reader, open(temp, "wb") as writer:
                 _sparse_copy(reader, writer)
         os.chmod(temp, 0o644)
-        os.replace(temp, dest)
     except OSError as err:
         if os.path.exists(temp):
             os.unlink(temp)
         raise PibakeError(f"Writing {dest} failed ({err.strerror}); free space in {os.path.dirname(dest)} and build again.") from None
+    return temp
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while the renames run, so that Ctrl-C cannot split a release in two."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _sparse_copy(reader, writer, block: int = 1 << 20) -> None:
@@ -54,29 +71,33 @@ def scrub_log(src: str, dest: str) -> None:
 
 
 def publish(deploy_dir: str, files: List[Dict[str, str]], build_log: Optional[str], move: bool = True) -> List[str]:
-    """Put ``files`` ({src, name}) and the scrubbed build log into ``deploy_dir``; returns the paths written."""
+    """Put ``files`` ({src, name}) and the scrubbed build log into ``deploy_dir``; returns the paths written.
+
+    Every file is first written under a hidden temporary name; only when all of them are there are they renamed
+    into place, one rename each with signals held, so the visible files are always one release or the other.
+    """
     os.makedirs(deploy_dir, exist_ok=True)
     for entry in files:
         if not os.path.isfile(entry["src"]):
             raise PibakeError(f"Output {entry['src']} was not produced; see build.log for the step that failed.")
-    written = []
-    staged_log = None
-    if build_log and os.path.isfile(build_log):
-        staged_log = os.path.join(deploy_dir, f".build.log.scrub-{os.getpid()}")
-        scrub_log(build_log, staged_log)
+    staged: List[Tuple[str, str]] = []
     try:
         for entry in files:
             dest = os.path.join(deploy_dir, entry["name"])
-            _place(entry["src"], dest, move)
-            written.append(dest)
-        if staged_log:
+            staged.append((_stage(entry["src"], dest, move), dest))
+        if build_log and os.path.isfile(build_log):
             dest = os.path.join(deploy_dir, "build.log")
-            os.replace(staged_log, dest)
-            written.append(dest)
+            temp = os.path.join(deploy_dir, f".build.log.scrub-{os.getpid()}")
+            scrub_log(build_log, temp)
+            staged.append((temp, dest))
+        with _signals_deferred():
+            for temp, dest in staged:
+                os.replace(temp, dest)
     finally:
-        if staged_log and os.path.exists(staged_log):
-            os.unlink(staged_log)
-    return written
+        for temp, _dest in staged:
+            if os.path.exists(temp):
+                os.unlink(temp)
+    return [dest for _temp, dest in staged]
 
 
 def remove_partials(deploy_dir: str) -> List[str]:

@@ -8,8 +8,9 @@ module: deploy_outputs
 short_description: Move a build's finished files into the deploy folder atomically
 version_added: 0.1.0
 description:
-  - Each file is written under a hidden temporary name in the deploy folder and renamed into place, so a reader
-    (or a build killed half-way) never sees a half-written output. Sparse files stay sparse.
+  - Each file is written under a hidden temporary name in the deploy folder; once all of them are there they are
+    renamed into place one after the other with SIGINT, SIGTERM and SIGHUP held, so a reader (or a build killed
+    half-way) never sees a half-written output nor a mix of two releases. Sparse files stay sparse.
   - The build log is copied with any line that looks like it carries a password, token or secret masked.
   - Runs on the build host.
 options:
@@ -31,6 +32,13 @@ options:
         description: Its name in O(deploy_dir).
         type: str
         required: true
+  stage_dir:
+    description: Folder holding the files named in O(names) (a staging folder filled by earlier tasks).
+    type: path
+  names:
+    description: Files of O(stage_dir) to publish under the same names, next to O(files).
+    type: list
+    elements: str
   build_log:
     description: The run's log to publish as C(build.log) (the C(pibake.image.build_log) callback writes it).
     type: path
@@ -87,18 +95,24 @@ def main():
                 type="list", elements="dict", default=[],
                 options=dict(src=dict(type="path", required=True), name=dict(type="str", required=True)),
             ),
+            stage_dir=dict(type="path"),
+            names=dict(type="list", elements="str"),
             build_log=dict(type="path"),
             move=dict(type="bool", default=True),
         ),
+        required_by={"names": "stage_dir"},
         supports_check_mode=True,
     )
     params = module.params
-    names = [entry["name"] for entry in params["files"]] + (["build.log"] if params["build_log"] else [])
+    files = list(params["files"]) + [
+        {"src": os.path.join(params["stage_dir"], name), "name": name} for name in params["names"] or []
+    ]
+    names = [entry["name"] for entry in files] + (["build.log"] if params["build_log"] else [])
     if module.check_mode:
         module.exit_json(changed=True, written=[os.path.join(params["deploy_dir"], name) for name in names])
     try:
         remove_partials(params["deploy_dir"])
-        written = publish(params["deploy_dir"], params["files"], params["build_log"], move=params["move"])
+        written = publish(params["deploy_dir"], files, params["build_log"], move=params["move"])
     except PibakeError as err:
         module.fail_json(msg=str(err))
     module.exit_json(changed=True, written=written)

@@ -31,6 +31,12 @@ options:
   dest_dir:
     description: Directory to write the manifests in. Defaults to the directory of O(compressed).
     type: path
+  published_dir:
+    description:
+      - Directory the compressed image will be published in, for the C(file://) URL of O(local_manifest).
+        Defaults to the directory of O(compressed); set it when the outputs are staged and moved afterwards.
+    type: path
+    version_added: 0.2.0
   name:
     description: OS name shown in Imager.
     type: str
@@ -129,6 +135,7 @@ def main():
             image=dict(type="path", required=True),
             compressed=dict(type="path", required=True),
             dest_dir=dict(type="path"),
+            published_dir=dict(type="path"),
             name=dict(type="str", required=True),
             description=dict(type="str", default=""),
             url=dict(type="str"),
@@ -154,7 +161,9 @@ def main():
                              icon=p["icon"], release_date=p["release_date"], devices=p["devices"],
                              init_format=p["init_format"], website=p["website"], image_sha256=p["image_sha256"],
                              compressed_sha256=p["compressed_sha256"], image_size=p["image_size"])
-        result = _imager.write(p["dest_dir"] or os.path.dirname(compressed), item, compressed,
+        published = os.path.join(os.path.abspath(p["published_dir"]), os.path.basename(compressed)) \
+            if p["published_dir"] else compressed
+        result = _imager.write(p["dest_dir"] or os.path.dirname(compressed), item, published,
                                manifest=p["manifest"], local_manifest=p["local_manifest"] or None,
                                check_mode=module.check_mode)
     except PibakeError as err:

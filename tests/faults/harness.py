@@ -442,7 +442,7 @@ class Outputs:
     SWEEPERS = {
         "cache": "Resolve the base image",
         "deploy": "Move the outputs into the deploy folder",
-        "final": "Publish os.info and the finalize log",
+        "final": "Move the outputs into the deploy folder",
     }
 
     def __init__(self, env: FaultEnv):

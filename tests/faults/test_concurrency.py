@@ -38,7 +38,8 @@ def lease_records(env: harness.FaultEnv) -> Dict[str, dict]:
 
 def build_argv(env: harness.FaultEnv, name: str, busy: int) -> List[str]:
     return env.build_argv("-e", f"pibake_work_dir={env.path(name, 'work')}", "-e",
-                          f"pibake_deploy_dir={env.path(name, 'deploy')}", "-e", f"pibake_test_busy_seconds={busy}")
+                          f"pibake_deploy_dir={env.path(name, 'deploy')}", "-e", f"pibake_test_busy_seconds={busy}",
+                          "-e", "pibake_deploy_raw_image=true")
 
 
 def test_two_builds_at_once_share_no_loop_device_or_mount(shared):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.pibake.image.plugins.module_utils import _loop, _mounts
+from ansible_collections.pibake.image.plugins.module_utils import _expand, _imagefile, _loop, _mounts
 from ansible_collections.pibake.image.plugins.module_utils._partitions import read_table
 from tests.support import e2e
 
@@ -23,6 +23,31 @@ def test_deploy_holds_image_os_info_and_log(cubeos_build):
     assert info["VARIANT"] == "dev" and info["VERSION"] == "e2e" and info["SKU"] == "cubeos"
     assert re.fullmatch(r"[0-9a-f]{64}", info["BASE_IMAGE_SHA256"])
     assert info["BASE_IMAGE"].startswith("debian ")
+
+
+def test_deploy_holds_the_finalized_release(cubeos_build, tmp_path):
+    name = os.path.basename(cubeos_build.image)[:-len(".img")]
+    deploy = cubeos_build.deploy
+    expected = {f"{name}.img.xz", f"{name}.img.xz.sha256", f"{name}.img.sha256", f"{name}.bmap", f"{name}.cdx.json",
+                "os.info", "build.log", "rpi-imager.json", "os_list_local.json"}
+    assert expected <= set(os.listdir(deploy))
+    for sums in (f"{name}.img.xz.sha256", f"{name}.img.sha256"):
+        subprocess.run(["sha256sum", "-c", "--strict", sums], cwd=deploy, check=True, capture_output=True)
+    subprocess.run(["xz", "-t", f"{name}.img.xz"], cwd=deploy, check=True)
+    # bmaptool writes only the mapped blocks; the copy must still be the image, byte for byte.
+    copy = tmp_path / "flashed.img"
+    subprocess.run(["bmaptool", "-q", "copy", "--bmap", f"{deploy}/{name}.bmap", f"{deploy}/{name}.img.xz", str(copy)],
+                   check=True)
+    wanted = open(os.path.join(deploy, f"{name}.img.sha256"), encoding="ascii").read().split()[0]
+    got = subprocess.run(["sha256sum", str(copy)], check=True, capture_output=True, text=True).stdout.split()[0]
+    assert got == wanted
+    info = cubeos_build.os_info
+    assert info["IMAGE"] == f"{name}.img.xz" and info["ROOT_EXPANSION"] not in ("", "none")
+
+
+def test_the_shrunk_image_has_its_first_boot_expansion_armed(cubeos_build):
+    table = _imagefile.read_table(cubeos_build.image)
+    assert _expand.is_armed(table, table.last.offset) == cubeos_build.os_info["ROOT_EXPANSION"]
 
 
 def test_nothing_of_the_build_stays_attached(cubeos_build):
@@ -58,7 +83,7 @@ def test_a_second_build_reuses_the_cached_base(cubeos_build, tmp_path):
     log = open(os.path.join(cubeos_build.deploy, "build.log"), encoding="utf-8").read()
     first_base = re.search(r"Resolve the base image\]\n\S+ \S+ (\w+):", log)
     again = e2e.run_build("cubeos", "-e", '{"pibake_roles": ["pibake_test_marker"]}', "-e", "pibake_grow=0",
-                          deploy=str(tmp_path / "deploy"))
+                          "-e", "pibake_finalize=false", deploy=str(tmp_path / "deploy"))
     assert again.returncode == 0, again.stdout[-3000:]
     second_log = open(os.path.join(again.deploy, "build.log"), encoding="utf-8").read()
     assert re.search(r"Resolve the base image\]\n\S+ \S+ ok:", second_log), "the cached base was rebuilt"
