@@ -18,6 +18,9 @@ description:
     C(root:root) with mode C(0644); an existing file keeps its owner and mode.
   - Commands run with a clean environment, nothing is inherited from the controller (no virtualenv, no proxy
     variables); see O(pibake_chroot_env).
+  - Pipelined Python modules run through a persistent interpreter inside the image (see
+    O(pibake_chroot_persistent)), which keeps Ansible's module_utils imported between tasks; under qemu-user this
+    takes a module run from seconds to a fraction of a second.
 author: pibake developers (@pibake)
 version_added: 0.1.0
 notes:
@@ -92,6 +95,41 @@ options:
         key: pipelining
     vars:
       - name: ansible_pipelining
+  pibake_chroot_persistent:
+    description:
+      - Run pipelined Python modules through a persistent interpreter inside the image instead of starting the
+        image's Python for every task.
+      - The image's own interpreter is started once per image root and C(ansible-playbook) run, imports Ansible's
+        module_utils once, and forks a fresh process for each task, with the task's environment and the same
+        stdin, stdout, stderr and exit status as a plain run. It stops when idle for
+        O(pibake_chroot_persistent_idle) seconds, when the playbook process ends, on a C(reset_connection) meta
+        task, and when the image session is detached. Nothing is written into the image.
+      - Only the exact pipelined module command takes this path (not C(raw), C(script), async tasks, C(become) to
+        another user, or tasks whose environment changes variables Python reads at start-up such as C(LANG),
+        C(LC_*), C(PYTHON*), C(LD_*)). Whenever the persistent interpreter cannot run a task, the task runs the
+        plain way.
+      - Needs ansible-core 2.19; with other versions every task runs the plain way.
+    type: boolean
+    default: true
+    env:
+      - name: PIBAKE_CHROOT_PERSISTENT
+    ini:
+      - section: pibake
+        key: chroot_persistent
+    vars:
+      - name: pibake_chroot_persistent
+  pibake_chroot_persistent_idle:
+    description:
+      - Seconds without a task after which the persistent interpreter stops (the next task starts a new one).
+    type: float
+    default: 60
+    env:
+      - name: PIBAKE_CHROOT_PERSISTENT_IDLE
+    ini:
+      - section: pibake
+        key: chroot_persistent_idle
+    vars:
+      - name: pibake_chroot_persistent_idle
 """
 
 EXAMPLES = r"""
@@ -126,7 +164,10 @@ import typing as t
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
 from ansible.plugins.connection import ConnectionBase
+from ansible.release import __version__ as ANSIBLE_VERSION
 from ansible.utils.display import Display
+
+from ansible_collections.pibake.image.plugins.module_utils import _forkserver
 
 from ansible_collections.pibake.image.plugins.module_utils._chroot_paths import (
     executable_in_root,
@@ -197,6 +238,9 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._checked: dict = {}  # (root option, executable) -> canonical root, checked once per connection
         self._chroot_cmd: t.Optional[str] = None
+        # The ansible-playbook process (a task's worker is its child): the persistent interpreter ends with it.
+        owner = kwargs.get("ansible_playbook_pid")
+        self._owner_pid = int(owner) if owner and str(owner).isdigit() else os.getpid()
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -248,6 +292,10 @@ class Connection(ConnectionBase):
                 "The pibake.image.chroot connection needs root on the build host to chroot; run Ansible as root."
             )
         root = self._root()
+        if in_data and self.get_option("pibake_chroot_persistent"):
+            result = self._exec_persistent(root, to_text(cmd), in_data)
+            if result is not None:
+                return result
         argv = chroot_argv(self._chroot_binary(), root, self.get_option("executable"), to_text(cmd))
         display.vvv(f"EXEC {shlex.join(argv)}", host=root)
         try:
@@ -267,6 +315,57 @@ class Connection(ConnectionBase):
         stdout, stderr = proc.communicate(in_data)
         self._raise_for_chroot_failure(proc.returncode, stderr, root)
         return proc.returncode, stdout, stderr
+
+    def _exec_persistent(self, root: str, cmd: str, in_data: bytes) -> t.Optional[tuple]:
+        """Run a pipelined module through the persistent interpreter; None means: run it the plain way."""
+        try:
+            prepared = self._prepare_persistent(root, cmd, in_data)
+        except Exception as err:  # never fail a task the plain path can run
+            display.vvv(f"persistent interpreter not used: {err!r}", host=root)
+            return None
+        if prepared is None:
+            return None
+        spec, task_env, payload = prepared
+        # run() itself returns None for any failure before the module starts, and never after.
+        result = _forkserver.run(spec, task_env, payload, in_data)
+        if result is None:
+            display.vvv(f"persistent interpreter not used ({_forkserver.LAST_REASON[0]}), running the plain way",
+                        host=root)
+            return None
+        display.vvv(
+            f"EXEC {spec.interpreter} {payload.module_fqn} "
+            f"(persistent interpreter{', started' if result.server_started else ''}; log {spec.path('.log')})",
+            host=root,
+        )
+        return result.rc, result.stdout, result.stderr
+
+    def _prepare_persistent(self, root: str, cmd: str, in_data: bytes) -> t.Optional[tuple]:
+        """``(server spec, task environment, payload)`` when this command may take the persistent path."""
+        if not _forkserver.supported_ansible(ANSIBLE_VERSION):
+            return None
+        parsed = _forkserver.parse_module_command(cmd)
+        if parsed is None:
+            return None
+        shell, prefix_env, interpreter = parsed
+        payload = _forkserver.parse_payload(in_data)
+        if payload is None:
+            return None
+        env = build_env(self.get_option("pibake_chroot_env"))
+        if not _forkserver.env_compatible(env, prefix_env):
+            display.vvv("persistent interpreter not used: the task changes start-up variables", host=root)
+            return None
+        task_env = dict(env)
+        task_env.update(prefix_env)
+        spec = _forkserver.ServerSpec(
+            root=root,
+            launcher=[self._chroot_binary(), root],
+            shell=shell,
+            interpreter=interpreter,
+            env=env,
+            owner_pid=self._owner_pid,
+            idle=float(self.get_option("pibake_chroot_persistent_idle")),
+        )
+        return spec, task_env, payload
 
     @staticmethod
     def _raise_for_chroot_failure(returncode: int, stderr: bytes, root: str) -> None:
@@ -310,8 +409,14 @@ class Connection(ConnectionBase):
         display.vvvv(f"FETCH read {read}", host=root)
 
     def reset(self) -> None:
-        """Nothing persists between commands, so there is nothing to reset."""
+        """Stop the persistent interpreters of this root and playbook run (the next task starts a fresh one)."""
+        try:
+            root = self._root()
+        except AnsibleConnectionFailure:
+            return
+        stopped = _forkserver.stop_servers(root=root, owner_pid=self._owner_pid)
+        display.vvv(f"RESET stopped {stopped} persistent interpreter(s)", host=root)
 
     def close(self) -> None:
-        """Nothing to tear down: every command is its own process."""
+        """Nothing to tear down here: the persistent interpreter outlives the task's worker on purpose."""
         self._connected = False

@@ -228,7 +228,7 @@ def parse_mountinfo(content: str) -> List[Mount]:
         if len(fields) < 10 or "-" not in fields:
             continue
         sep = fields.index("-")
-        major, _, minor = fields[2].partition(":")
+        major, dummy_sep, minor = fields[2].partition(":")
         mounts.append(
             Mount(
                 devno=(int(major), int(minor)),
@@ -364,7 +364,7 @@ class PartitionEntry:
 
 
 def _parse_pairs(line: str) -> Dict[str, str]:
-    return {key: value for key, value in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line)}
+    return dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line))
 
 
 def parse_partx(output: str) -> List[PartitionEntry]:

@@ -51,7 +51,7 @@ class _Image:
         """(partition info, '') when ``spec`` names a partition of this image, else (None, reason)."""
         key, sep, value = spec.partition("=")
         if spec.startswith("/dev/disk/by-"):
-            kind, _, value = spec[len("/dev/disk/by-"):].partition("/")
+            kind, dummy_sep, value = spec[len("/dev/disk/by-"):].partition("/")
             key = {"partuuid": "PARTUUID", "uuid": "UUID", "label": "LABEL", "partlabel": "PARTLABEL"}.get(kind, "")
             sep = "=" if key else ""
         if not sep:
@@ -181,7 +181,7 @@ def lint(image: str, *, devices: Optional[List[str]] = None) -> Dict[str, object
                                 f"is missing; add kernel=<file> or copy the kernel there.")
     if not config["device_tree"]:
         for device in devices:
-            board = device.split("-")[0]
+            board = device.split("-", maxsplit=1)[0]
             names = DEFAULT_DTBS.get(board, [])
             if names and not any(present(n, prefix) for n in names):
                 problems.append(f"The device tree for {device} ({' or '.join(names)}) is missing from the boot "

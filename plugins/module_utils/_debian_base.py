@@ -360,7 +360,7 @@ def write_overlay(target: str, recipe: Recipe, ids: Identifiers) -> None:
     os.makedirs(wants, exist_ok=True)
     os.symlink("/etc/systemd/system/pibake-expand-rootfs.service",
                os.path.join(wants, "pibake-expand-rootfs.service"))
-    for dirpath, dirnames, _ in os.walk(target):
+    for dirpath, dirnames, dummy_files in os.walk(target):
         for name in dirnames:
             os.chmod(os.path.join(dirpath, name), 0o755)
 
@@ -503,7 +503,7 @@ def assemble_image(
 ) -> Layout:
     """Write a partitioned image file from a root tree and the FAT content, without loop devices or mounts."""
     used, inodes = tree_usage(rootdir)
-    boot_used, _ = tree_usage(bootdir)
+    boot_used, dummy_boot_inodes = tree_usage(bootdir)
     if boot_used > (boot_size_mib - 8) * MIB:
         raise PibakeError(
             f"The boot files need {boot_used >> 20} MiB but the boot partition is {boot_size_mib} MiB; "
@@ -564,7 +564,10 @@ def _stream_mmdebstrap(argv: List[str], progress: Progress) -> Dict[str, float]:
                                 env=env)
     except FileNotFoundError:
         raise PibakeError("mmdebstrap not found; install it (make deps).") from None
-    assert proc.stdout is not None
+    if proc.stdout is None:  # stdout=PIPE always gives a pipe
+        proc.kill()
+        proc.wait()
+        raise PibakeError("mmdebstrap started without an output pipe; run the build again.")
     try:
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
@@ -594,7 +597,7 @@ def _stream_mmdebstrap(argv: List[str], progress: Progress) -> Dict[str, float]:
             f"names right?) — the full output is in the progress log."
         )
     phases: Dict[str, float] = {}
-    for (name, start), (_, end) in zip(marks, marks[1:]):
+    for (name, start), (dummy_next, end) in zip(marks, marks[1:]):
         key = {"configure": "mmdebstrap", "verify": "initramfs", "cleanup": "mmdebstrap"}.get(name, name)
         phases[key] = round(phases.get(key, 0.0) + end - start, 1)
     return phases

@@ -15,8 +15,9 @@ import re
 import socket
 import time
 import urllib.error
-import urllib.request
 from typing import Optional
+
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError, open_url
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._progress import Progress, Ticker
@@ -60,12 +61,12 @@ class _Retryable(Exception):
 
 
 def _open(url: str, offset: int, timeout: float):
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (scheme checked by the caller)
+    try:  # the caller checked the scheme (http/https only)
+        return open_url(url, headers=headers, timeout=timeout, http_agent=USER_AGENT, decompress=False,
+                        use_netrc=False)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
             return err  # the caller decides: the .part may already be complete
@@ -83,6 +84,10 @@ def _open(url: str, offset: int, timeout: float):
         ) from None
     except (socket.timeout, ConnectionError, TimeoutError, http.client.HTTPException) as err:
         raise _Retryable(str(err) or type(err).__name__) from None
+    except UrlsConnectionError as err:  # TLS validation or proxy failures raised by open_url
+        raise PibakeError(
+            f"Downloading {url} failed ({err}); check the url in pibake_base_image and the network."
+        ) from None
 
 
 def download(

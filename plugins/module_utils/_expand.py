@@ -165,7 +165,8 @@ def _arm_raspios(table: PartitionTable, root_offset: int, check_mode: bool) -> L
         if not check_mode:
             _fatfs.write_file(path, boot.offset, "cmdline.txt", (" ".join(words) + "\n").encode())
     if _ext4.exists(path, root_offset, RASPIOS_RESIZE_ONCE):
-        links = [name for name, _ in _ext4.listdir(path, root_offset, "/etc/rc3.d") if name.endswith("resize2fs_once")]
+        links = [name for name, dummy_mode in _ext4.listdir(path, root_offset, "/etc/rc3.d")
+                 if name.endswith("resize2fs_once")]
         if not links:
             actions.append("linked /etc/rc3.d/S01resize2fs_once")
             if not check_mode:

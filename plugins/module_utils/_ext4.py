@@ -104,7 +104,7 @@ def free_ranges(path: str, offset: int = 0) -> List[Tuple[int, int]]:
             item = item.strip()
             if not item:
                 continue
-            first, _, last = item.partition("-")
+            first, dummy_sep, last = item.partition("-")
             ranges.append((int(first), int(last or first)))
     return ranges
 

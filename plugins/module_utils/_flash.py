@@ -152,7 +152,7 @@ def parse_bmap(raw: bytes, where: str = "the bmap") -> Bmap:
     block_map = root.find("BlockMap")
     for node in block_map.findall("Range") if block_map is not None else []:
         span = (node.text or "").strip()
-        first, _, last = span.partition("-")
+        first, dummy_sep, last = span.partition("-")
         try:
             first_block, last_block = int(first), int(last or first)
         except ValueError:
@@ -564,7 +564,7 @@ def write_image(source: Source, dev: bd.BlockDevice, ticker=None) -> WriteResult
     hashers: Dict[int, "hashlib._Hash"] = {}
     try:
         stream = _Stream(source)
-        pump = _Pump(stream.fd, [_aligned_buffer(CHUNK) for _ in range(BUFFERS)])
+        pump = _Pump(stream.fd, [_aligned_buffer(CHUNK) for dummy in range(BUFFERS)])
         pump.start()
         while True:
             item = pump.full.get()

@@ -228,7 +228,7 @@ def build_annotations(deploy_dir: str, files: Sequence[Tuple[str, str]],
     if created:
         annotations["org.opencontainers.image.created"] = _rfc3339(created)
     else:
-        newest = max(int(os.stat(path).st_mtime) for _, path in files)
+        newest = max(int(os.stat(path).st_mtime) for dummy_name, path in files)
         annotations["org.opencontainers.image.created"] = _rfc3339(str(newest))
     digest = annotations.get("org.opencontainers.image.base.digest")
     if digest and ":" not in digest and len(digest) == 64:
@@ -297,7 +297,7 @@ class Plan:
 
     # image form: index -> one manifest per platform, shared tar layer
     def _build_image_form(self, platforms: Sequence[str], created: str) -> None:
-        _ = self.layer.digest  # also fills layer.file_digests
+        dummy_digest = self.layer.digest  # computing it also fills layer.file_digests
         file_digests = {name: self.layer.file_digests[path] for name, path in self.files}
         for name, path in self.files:  # reuse the hashes for the artifact blobs
             self.sources[name]._digest = self.layer.file_digests[path]  # pylint: disable=protected-access
@@ -335,12 +335,12 @@ class Plan:
 
     def _build_artifact_form(self) -> None:
         self.layer_descs = {}
-        for name, _ in self.files:
+        for name, dummy_path in self.files:
             self.layer_descs[name] = descriptor(media_type_for(name), self.sources[name], {TITLE: name})
         manifest = {
             "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE,
             "config": descriptor(EMPTY_MEDIA_TYPE, self.empty),
-            "layers": [self.layer_descs[name] for name, _ in self.files],
+            "layers": [self.layer_descs[name] for name, dummy_path in self.files],
             "annotations": self.annotations,
         }
         self.artifact_raw = canonical(manifest)
@@ -352,14 +352,14 @@ class Plan:
                    "size": len(subject_raw)}
         created = {"org.opencontainers.image.created": self.annotations["org.opencontainers.image.created"]}
         out = []
-        for name, _ in self.files:
+        for name, dummy_path in self.files:
             if is_sbom(name):
                 manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                             "artifactType": media_type_for(name),
                             "config": descriptor(EMPTY_MEDIA_TYPE, self.empty),
                             "layers": [self.layer_descs[name]], "subject": subject, "annotations": created}
                 out.append((f"sbom {name}", canonical(manifest), media_type_for(name)))
-        sums = [name for name, _ in self.files if is_checksums(name)]
+        sums = [name for name, dummy_path in self.files if is_checksums(name)]
         if sums:
             manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": CHECKSUMS_TYPE,
                         "config": descriptor(EMPTY_MEDIA_TYPE, self.empty),
@@ -417,11 +417,11 @@ def publish(deploy_dir: str, settings: RegistrySettings, repository: str, tag: s
         if "artifact" in forms:
             art_tag = f"{extra}{artifact_suffix}" if "image" in forms else extra
             targets.append(("artifact", base.with_tag(art_tag), plan.artifact_raw, OCI_MANIFEST))
-    current = {str(ref): client.manifest_digest(ref) for _, ref, _, _ in targets}
-    tags_to_move = [str(ref) for _, ref, raw, _ in targets if current[str(ref)] != _digest(raw)]
+    current = {str(ref): client.manifest_digest(ref) for dummy_form, ref, dummy_raw, dummy_type in targets}
+    tags_to_move = [str(ref) for dummy_form, ref, raw, dummy_type in targets if current[str(ref)] != _digest(raw)]
 
     needed: List[BlobSource] = []
-    by_size = sorted((plan.sources[name] for name, _ in plan.files), key=lambda src: -src.size)
+    by_size = sorted((plan.sources[name] for name, dummy_path in plan.files), key=lambda src: -src.size)
     if "artifact" in forms:
         needed += by_size + [plan.empty]
     if "image" in forms:
@@ -483,14 +483,14 @@ def publish(deploy_dir: str, settings: RegistrySettings, repository: str, tag: s
         "tags_moved": tags_to_move,
         "annotations": plan.annotations,
         "files": [{"name": name, "size": plan.sources[name].size, "digest": plan.sources[name].digest,
-                   "media_type": media_type_for(name)} for name, _ in plan.files],
+                   "media_type": media_type_for(name)} for name, dummy_path in plan.files],
         "blobs": blobs,
         "referrers": referrers,
         "bytes_uploaded": uploaded,
         "seconds": round(time.monotonic() - started, 3),
         "hash_seconds": round(hashed - started, 3),
     }
-    for form, ref, raw, _ in targets:
+    for form, ref, raw, dummy_type in targets:
         entry = result.setdefault(form, {"digest": _digest(raw), "refs": []})
         entry["refs"].append(str(ref))
         entry.setdefault("ref", str(ref))
@@ -529,7 +529,7 @@ def _attach(client: RegistryClient, base: Reference, raw: bytes, artifact_type: 
         entry["annotations"] = manifest["annotations"]
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     if client.manifest_digest(fallback):
-        index, _, _ = client.get_manifest(fallback)
+        index, dummy_digest, dummy_raw = client.get_manifest(fallback)
         index.setdefault("manifests", [])
     if any(m.get("digest") == digest for m in index["manifests"]):
         return written
@@ -564,7 +564,7 @@ def _classify(manifest: dict) -> str:
 
 def resolve(client: RegistryClient, ref: Reference, platform: Optional[str] = None) -> dict:
     """Manifest (and the index above it) for ``ref``: ``{"form", "manifest", "digest", "top_digest"}``."""
-    manifest, digest, _ = client.get_manifest(ref)
+    manifest, digest, dummy_raw = client.get_manifest(ref)
     top = digest
     kind = _classify(manifest)
     if kind == "index":
@@ -581,7 +581,7 @@ def resolve(client: RegistryClient, ref: Reference, platform: Optional[str] = No
         chosen = max(entries, key=score)
         if platform and score(chosen) < 3:
             raise PibakeError(f"{ref} has no manifest for platform {platform}; choose one it offers.")
-        manifest, digest, _ = client.get_manifest(ref.with_digest(chosen["digest"]))
+        manifest, digest, dummy_raw = client.get_manifest(ref.with_digest(chosen["digest"]))
         kind = _classify(manifest)
     return {"form": kind, "manifest": manifest, "digest": digest, "top_digest": top}
 
@@ -618,7 +618,7 @@ def _matches(dest: str, expected: Optional[Dict[str, str]]) -> bool:
     if not expected or not os.path.isdir(dest):
         return False
     present = {os.path.relpath(os.path.join(root, f), dest)
-               for root, _, names in os.walk(dest) for f in names}
+               for root, dummy_dirs, names in os.walk(dest) for f in names}
     if present != set(expected):
         return False
     return all(_file_digest(os.path.join(dest, name)) == digest for name, digest in expected.items())

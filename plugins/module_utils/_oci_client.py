@@ -17,12 +17,22 @@ import json
 import os
 import tempfile
 import time
+import traceback
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
-import oras.container
-import oras.provider
-import oras.utils
-import requests
+try:  # controller requirements (requirements.txt); modules report a missing one with fail_json
+    import oras.container
+    import oras.provider
+    import oras.utils
+    import requests
+except ImportError:
+    HAS_ORAS = False
+    ORAS_IMPORT_ERROR: Optional[str] = traceback.format_exc()
+    _RegistryBase: type = object
+else:
+    HAS_ORAS = True
+    ORAS_IMPORT_ERROR = None
+    _RegistryBase = oras.provider.Registry
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._oci_blob import BlobSource
@@ -35,7 +45,8 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+TRANSIENT_ERRORS: Tuple[type, ...] = (
+    (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) if HAS_ORAS else ())
 
 # progress(event) gets dicts like {"event": "upload", "name": ..., "done": n, "total": n}
 Progress = Optional[Callable[[dict], None]]
@@ -58,7 +69,7 @@ def _reason(err: BaseException) -> str:
     return type(err).__name__
 
 
-class _OrasRegistry(oras.provider.Registry):
+class _OrasRegistry(_RegistryBase):
     """oras' Registry with pibake's request policy (oras' other methods call ``do_request`` and get it too)."""
 
     pibake: "RegistryClient"
@@ -80,6 +91,9 @@ class RegistryClient:
         self.progress = progress
         self.sleep = sleep
         self.has_credentials = bool(settings.username and settings.password)
+        if not HAS_ORAS:
+            raise PibakeError("The oras Python package is missing on the controller; run `make venv` "
+                              "(or pip install -r requirements.txt).")
         self.oras = _OrasRegistry(
             hostname=host,
             insecure=not self.tls,

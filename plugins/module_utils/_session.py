@@ -234,7 +234,8 @@ class Session:
             raise PibakeError("The image has no /bin/sh; it is not a usable Linux root filesystem.")
         found = _binfmt.elf_machine(os.path.realpath(shell))
         if arch not in ("", "native") and found != arch:
-            raise PibakeError(f"The image's programs are built for {found or 'an unknown architecture'}, not {arch}; give an image built for {arch} or set pibake_arch.")
+            raise PibakeError(f"The image's programs are built for {found or 'an unknown architecture'}, not {arch}; "
+                              f"give an image built for {arch} or set pibake_arch.")
 
 
 def _start(kind: str, persistent: bool, owner_pid: int, **fields) -> Session:

@@ -53,9 +53,11 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and then reports what it would change, changing nothing.
     details: Reports whether the entry is cached; builds, downloads and unpacks nothing.
   diff_mode:
     support: none
+    description: The module returns no diff.
 notes:
   - Runs on the build host (usually C(localhost)).
   - A failure is reported as one sentence naming the fix (sha256 mismatch, download failure, unknown type, corrupt

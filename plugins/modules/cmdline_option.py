@@ -37,8 +37,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and then reports what it would change, changing nothing.
   diff_mode:
     support: full
+    description: Returns the change as a before/after diff when run with C(--diff).
 author:
   - pibake developers (@pibake)
 """

@@ -25,8 +25,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Only reads the archive, so it runs the same in check mode.
   diff_mode:
     support: none
+    description: The module returns no diff.
 author:
   - pibake developers (@pibake)
 """

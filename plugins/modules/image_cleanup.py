@@ -90,7 +90,7 @@ freed_bytes:
   type: int
   sample: 73400320
 freed_human:
-  description: O(freed_bytes) for people.
+  description: RV(freed_bytes) for people.
   returned: always
   type: str
   sample: 70.0 MiB
@@ -138,6 +138,7 @@ ARGUMENT_SPEC = dict(
     machine_id=dict(type="bool", default=True),
     remove=dict(type="list", elements="str", default=[]),
 )
+
 
 def _own_payload():
     """The file or directory this module runs from (Ansible's payload zip below ~/.ansible/tmp): never removed."""

@@ -97,6 +97,7 @@ ARGUMENT_SPEC = dict(
     allow_bind=dict(type="bool", default=True),
 )
 
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:

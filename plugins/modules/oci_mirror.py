@@ -45,9 +45,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and then reports what it would change, changing nothing.
     details: Resolves the digests and compares them with the mirror; copies nothing.
   diff_mode:
     support: none
+    description: The module returns no diff.
 notes:
   - The registry options O(retries), O(retry_delay), O(timeout) and O(progress_log) are accepted for symmetry with
     the other OCI modules; skopeo applies its own retry policy.

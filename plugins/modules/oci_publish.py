@@ -95,9 +95,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and then reports what it would change, changing nothing.
     details: Hashes the files and asks the registry which blobs and tags differ; sends nothing.
   diff_mode:
     support: none
+    description: The module returns no diff.
 notes:
   - An unreachable registry, refused credentials (HTTP 401) and a denied repository (HTTP 403) each fail with one
     sentence saying what to fix.
@@ -215,7 +217,8 @@ from ansible_collections.pibake.image.plugins.module_utils._oci_ref import Regis
 
 try:  # needs the oras Python package
     from ansible_collections.pibake.image.plugins.module_utils._oci import defaults_from_os_info, publish
-    IMPORT_ERROR = None
+    from ansible_collections.pibake.image.plugins.module_utils._oci_client import HAS_ORAS, ORAS_IMPORT_ERROR
+    IMPORT_ERROR = None if HAS_ORAS else ORAS_IMPORT_ERROR
 except ImportError:  # pragma: no cover - reported through fail_json
     IMPORT_ERROR = traceback.format_exc()
 

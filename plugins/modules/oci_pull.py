@@ -50,9 +50,11 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    description: Can run in check mode and then reports what it would change, changing nothing.
     details: Resolves the reference and compares O(dest) with it; downloads nothing.
   diff_mode:
     support: none
+    description: The module returns no diff.
 notes:
   - A missing tag or digest, an unreachable registry and refused credentials each fail with one sentence.
 seealso:
@@ -135,7 +137,8 @@ from ansible_collections.pibake.image.plugins.module_utils._oci_ref import Regis
 
 try:  # needs the oras Python package
     from ansible_collections.pibake.image.plugins.module_utils._oci import pull
-    IMPORT_ERROR = None
+    from ansible_collections.pibake.image.plugins.module_utils._oci_client import HAS_ORAS, ORAS_IMPORT_ERROR
+    IMPORT_ERROR = None if HAS_ORAS else ORAS_IMPORT_ERROR
 except ImportError:  # pragma: no cover - reported through fail_json
     IMPORT_ERROR = traceback.format_exc()
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 import testinfra
 
@@ -48,6 +48,8 @@ def run_build(profile: str, *extra: str, deploy: str = "") -> Build:
     proc = subprocess.run(
         [os.path.join(REPO, ".venv", "bin", "ansible-playbook"), "playbooks/build-image.yml", "-i",
          f"inventories/{profile}", "-e", "variant=dev", "-e", "version=e2e", "-e", f"pibake_deploy_dir={deploy}",
+         # The shrunk raw image too: the slow tests attach it and boot it.
+         "-e", "pibake_deploy_raw_image=true",
          "-e", f"pibake_work_dir={os.path.join(OUTPUT, profile, 'work')}", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -59,6 +61,15 @@ def run_build(profile: str, *extra: str, deploy: str = "") -> Build:
         images = [name for name in os.listdir(deploy) if name.endswith(".img")]
         image = os.path.join(deploy, images[0]) if images else ""
     return Build(profile, deploy, image, proc.returncode, proc.stdout, seconds)
+
+
+def existing_build(profile: str) -> Optional[Build]:
+    """The build already in tests/output/e2e/<profile>/deploy (image and os.info present), or None."""
+    deploy = os.path.join(OUTPUT, profile, "deploy")
+    images = sorted(n for n in os.listdir(deploy) if n.endswith(".img")) if os.path.isdir(deploy) else []
+    if not images or not os.path.exists(os.path.join(deploy, "os.info")):
+        return None
+    return Build(profile, deploy, os.path.join(deploy, images[0]), 0, "(reused build)", 0.0)
 
 
 @contextlib.contextmanager

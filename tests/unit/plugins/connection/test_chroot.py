@@ -197,12 +197,12 @@ def test_real_exec_pipelining_and_environment(root, monkeypatch):
     rc, out, err = conn.exec_command("/bin/sh -c 'cat; echo; pwd; id -u'", in_data=b"piped module")
     assert (rc, err) == (0, b"")
     assert out.decode().splitlines() == ["piped module", "/", "0"]
-    rc, out, _ = conn.exec_command("env")
+    rc, out, dummy_err = conn.exec_command("env")
     env = dict(line.split("=", 1) for line in out.decode().splitlines())
     assert env["DEBIAN_FRONTEND"] == "noninteractive"
     assert env["LC_ALL"] == "C.UTF-8"
     assert "VIRTUAL_ENV" not in env
-    rc, out, _ = conn.exec_command("cat /etc/shadow")  # the image's file, proving we are inside the root
+    rc, out, dummy_err = conn.exec_command("cat /etc/shadow")  # the image's file, proving we are inside the root
     assert (rc, out) == (0, b"image shadow\n")
     assert conn.exec_command("exit 3")[0] == 3
 
@@ -281,3 +281,117 @@ def test_close_and_reset(root):
     conn.reset()
     conn.close()
     assert not conn.connected
+
+
+# -- the persistent interpreter ------------------------------------------------------------------------------------
+
+FORKSERVER = "ansible_collections.pibake.image.plugins.module_utils._forkserver"
+MODULE_CMD = "/bin/sh -c 'FOO=bar /usr/bin/python3 && sleep 0'"
+
+
+def fake_payload(fqn="ansible.modules.command"):
+    """The shape of an ansible-core 2.19 AnsiballZ payload, small."""
+    import base64
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("ansible/__init__.py", "")
+        archive.writestr("ansible/module_utils/basic.py", "X = 1\n")
+        archive.writestr(fqn.replace(".", "/") + ".py", "print('{}')\n")
+    return (
+        b"#!/usr/bin/python3\n\nfrom __future__ import annotations\n\n_ANSIBALLZ_WRAPPER = True\n\n"
+        b"def _ansiballz_main(**kw):\n    pass\n\n\n"
+        b'if __name__ == "__main__":\n    _ansiballz_main(\n'
+        b"ansible_module='ansible.legacy.command',\n"
+        + f"module_fqn='{fqn}',\n".encode()
+        + b"extensions={},\n"
+        + b"zip_data='" + base64.b64encode(buf.getvalue()) + b"',\n)\n"
+    )
+
+
+def test_persistent_is_on_by_default():
+    conn = make_connection()
+    assert conn.get_option("pibake_chroot_persistent") is True
+    assert conn.get_option("pibake_chroot_persistent_idle") == 60
+
+
+def test_owner_is_the_playbook_process():
+    conn = connection_loader.get("pibake.image.chroot", PlayContext(), StringIO(), ansible_playbook_pid="4242")
+    assert conn._owner_pid == 4242
+    assert make_connection()._owner_pid == os.getpid()
+
+
+def test_a_pipelined_module_goes_to_the_persistent_interpreter(root, monkeypatch):
+    from ansible_collections.pibake.image.plugins.module_utils import _forkserver
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    conn = make_connection(ansible_host=str(root), pibake_chroot_env={"LD_PRELOAD": "libeatmydata.so"},
+                           pibake_chroot_persistent=True)
+    run = mock.MagicMock(return_value=_forkserver.Result(0, b"{}", b""))
+    popen = _fake_popen()
+    with mock.patch(f"{FORKSERVER}.run", run), mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(MODULE_CMD, in_data=fake_payload()) == (0, b"{}", b"")
+    popen.assert_not_called()
+    spec, task_env, payload, in_data = run.call_args.args
+    assert spec.root == os.path.realpath(root)
+    assert spec.launcher == [shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin"), os.path.realpath(root)]
+    assert (spec.shell, spec.interpreter, spec.owner_pid, spec.idle) == ("/bin/sh", "/usr/bin/python3", os.getpid(), 60)
+    assert spec.env["LD_PRELOAD"] == "libeatmydata.so" and "FOO" not in spec.env
+    assert task_env == dict(spec.env, FOO="bar")
+    assert payload.module_fqn == "ansible.modules.command" and in_data == fake_payload()
+
+
+@pytest.mark.parametrize("case", ["off", "raw", "no-payload", "old-ansible", "startup-variable", "server-declines"])
+def test_everything_else_takes_the_plain_path(root, monkeypatch, case):
+    from ansible_collections.pibake.image.plugins.module_utils import _forkserver
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    options = {"ansible_host": str(root), "pibake_chroot_persistent": True}
+    cmd, in_data = MODULE_CMD, fake_payload()
+    if case == "off":
+        options["pibake_chroot_persistent"] = False
+    elif case == "raw":
+        cmd = "/bin/sh -c 'cat /etc/os-release && sleep 0'"
+    elif case == "no-payload":
+        in_data = b"print('not an AnsiballZ payload')\n"
+    elif case == "old-ansible":
+        monkeypatch.setattr(__import__("sys").modules[PLUGIN], "ANSIBLE_VERSION", "2.20.0")
+    elif case == "startup-variable":
+        cmd = "/bin/sh -c 'LANG=de_DE.UTF-8 /usr/bin/python3 && sleep 0'"
+    conn = make_connection(**options)
+    run = mock.MagicMock(return_value=None if case == "server-declines" else _forkserver.Result(0, b"", b""))
+    popen = _fake_popen(0, b"plain", b"")
+    with mock.patch(f"{FORKSERVER}.run", run), mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(cmd, in_data=in_data) == (0, b"plain", b"")
+    assert run.called == (case == "server-declines")
+    popen.return_value.communicate.assert_called_once_with(in_data)
+
+
+def test_a_failure_preparing_the_persistent_path_takes_the_plain_path(root, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    conn = make_connection(ansible_host=str(root), pibake_chroot_persistent=True)
+    popen = _fake_popen(0, b"plain", b"")
+    with mock.patch(f"{FORKSERVER}.parse_payload", side_effect=RuntimeError("bug")), \
+            mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(MODULE_CMD, in_data=fake_payload()) == (0, b"plain", b"")
+
+
+def test_an_error_after_the_module_started_is_not_retried(root, monkeypatch):
+    """run() raises only once the module runs; the plain path must not run it a second time."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    conn = make_connection(ansible_host=str(root), pibake_chroot_persistent=True)
+    popen = _fake_popen()
+    with mock.patch(f"{FORKSERVER}.run", side_effect=OSError("lost")), \
+            mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        with pytest.raises(OSError):
+            conn.exec_command(MODULE_CMD, in_data=fake_payload())
+    popen.assert_not_called()
+
+
+def test_reset_stops_this_runs_servers(root):
+    conn = make_connection(ansible_host=str(root))
+    with mock.patch(f"{FORKSERVER}.stop_servers", return_value=1) as stop:
+        conn.reset()
+    stop.assert_called_once_with(root=os.path.realpath(root), owner_pid=os.getpid())

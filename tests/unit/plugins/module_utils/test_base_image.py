@@ -266,7 +266,7 @@ def test_concurrent_resolves_of_one_entry_build_it_once(tmp_path, cache):
     def worker():
         results.append(bi.resolve({"type": "path", "path": src}, cache, progress()))
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
+    threads = [threading.Thread(target=worker) for dummy in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:

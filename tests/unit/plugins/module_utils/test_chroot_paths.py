@@ -155,23 +155,23 @@ def test_matches_the_kernel_inside_a_real_chroot(tmp_path):
     root = str(real_root(str(r)))
     names = ["a", "b", "c", "d"]
     dirs = [""]
-    for _ in range(12):
+    for dummy in range(12):
         parent = rng.choice(dirs)
         d = os.path.join(parent, rng.choice(names))
         if not os.path.lexists(os.path.join(root, d)):
             os.mkdir(os.path.join(root, d))
             dirs.append(d)
-    for _ in range(25):
+    for dummy in range(25):
         parent = rng.choice(dirs)
         link = os.path.join(root, parent, "l" + rng.choice(names))
         if os.path.lexists(link):
             continue
-        target = "/".join(rng.choice(names + ["..", "..", "la", "lb"]) for _ in range(rng.randint(1, 4)))
+        target = "/".join(rng.choice(names + ["..", "..", "la", "lb"]) for dummy_part in range(rng.randint(1, 4)))
         if rng.random() < 0.4:
             target = "/" + target
         os.symlink(target, link)
     parts = names + ["la", "lb", "lc", "ld", "..", "x"]
-    paths = ["/" + "/".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(300)]
+    paths = ["/" + "/".join(rng.choice(parts) for dummy_part in range(rng.randint(1, 5))) for dummy in range(300)]
 
     ours = {}
     for p in paths:

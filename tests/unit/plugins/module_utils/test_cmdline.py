@@ -24,7 +24,7 @@ def test_replace_in_place_keeps_order():
 
 
 def test_second_run_is_unchanged():
-    once, _ = edit_text(BASE, "quiet")
+    once, dummy_changed = edit_text(BASE, "quiet")
     twice, changed = edit_text(once, "quiet")
     assert not changed
     assert twice == once
@@ -41,7 +41,7 @@ def test_multiple_keeps_other_occurrences():
     assert changed
     assert text.split().count("console=tty1") == 1
     assert text.split()[-1] == "console=ttyAMA0,115200"
-    _, again = edit_text(text, "console", "ttyAMA0,115200", multiple=True)
+    dummy_text, again = edit_text(text, "console", "ttyAMA0,115200", multiple=True)
     assert not again
 
 

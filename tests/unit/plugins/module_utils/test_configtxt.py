@@ -45,7 +45,7 @@ def test_new_line_goes_to_end_of_last_all_section():
     text, changed = edit_text(PIOS, "dtparam=watchdog=on")
     assert changed
     assert text.endswith("[all]\nenable_uart=1\ndtparam=watchdog=on\n")
-    assert text.startswith(PIOS.rstrip("\n").split("[all]")[0])
+    assert text.startswith(PIOS.rstrip("\n").split("[all]", maxsplit=1)[0])
 
 
 def test_new_line_in_existing_filter_section_keeps_blank_separator():
@@ -87,7 +87,7 @@ def test_absent_only_in_that_section():
     text, changed = edit_text(PIOS, "dtparam=audio=off", state="absent")
     assert changed
     assert "dtparam=audio" not in text
-    _, changed2 = edit_text(PIOS, "otg_mode=1", section="pi5", state="absent")
+    dummy_text, changed2 = edit_text(PIOS, "otg_mode=1", section="pi5", state="absent")
     assert not changed2
 
 

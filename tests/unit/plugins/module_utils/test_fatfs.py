@@ -29,7 +29,7 @@ def test_punching_free_clusters_keeps_files_and_fsck_clean(tmp_path):
     off = boot_offset(img)
     before = {name: _fatfs.read_file(img, off, name) for name in ("vmlinuz", "initrd.img", "config.txt")}
     ranges = _fatfs.free_byte_ranges(img, off)
-    total = sum(length for _, length in ranges)
+    total = sum(length for dummy_offset, length in ranges)
     assert total > 50 << 20          # 64 MiB partition, well under 1 MiB of files
     allocated = allocated_bytes(img)
     fd = os.open(img, os.O_RDWR)
@@ -44,7 +44,7 @@ def test_punching_free_clusters_keeps_files_and_fsck_clean(tmp_path):
     part = tmp_path / "boot.part"
     subprocess.run(["dd", f"if={img}", f"of={part}", "bs=1M", f"skip={off >> 20}", "count=64", "status=none"],
                    check=True)
-    assert subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True).returncode == 0
+    assert subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, check=False).returncode == 0
 
 
 @pytest.mark.parametrize("bits,size_kib", [(12, 4096), (16, 32768)])
@@ -59,7 +59,7 @@ def test_free_ranges_of_fat12_and_fat16(tmp_path, bits, size_kib):
         subprocess.run(["mcopy", "-i", str(fs), str(src), "::"], check=True, env=env)
     subprocess.run(["mdel", "-i", str(fs), "::gone.bin"], check=True, env=env)
     ranges = _fatfs.free_byte_ranges(str(fs), 0)
-    free = sum(length for _, length in ranges)
+    free = sum(length for dummy_offset, length in ranges)
     assert (300 << 10) < size_kib * 1024 - free < (300 << 10) + (128 << 10)   # all but keep.bin and metadata
     fd = os.open(fs, os.O_RDWR)
     try:
@@ -68,4 +68,4 @@ def test_free_ranges_of_fat12_and_fat16(tmp_path, bits, size_kib):
     finally:
         os.close(fd)
     assert _fatfs.read_file(str(fs), 0, "keep.bin") == keep.read_bytes()
-    assert subprocess.run(["fsck.fat", "-n", str(fs)], capture_output=True).returncode == 0
+    assert subprocess.run(["fsck.fat", "-n", str(fs)], capture_output=True, check=False).returncode == 0

@@ -271,7 +271,7 @@ def test_write_with_bmap_writes_only_mapped_ranges_and_verifies(tmp_path, compre
 
 
 def test_write_without_bmap_writes_everything(tmp_path):
-    data, _ = image_with_holes(tmp_path / "os.img", size=5 * MIB + 1000)
+    data, dummy_blocks = image_with_holes(tmp_path / "os.img", size=5 * MIB + 1000)
     subprocess.run(["xz", "-q", "-0", "-f", str(tmp_path / "os.img")], check=True)
     disk_path = tmp_path / "disk"
     dev = fake_disk(disk_path, 8 * MIB)
@@ -306,7 +306,7 @@ def test_image_that_does_not_match_its_bmap_is_caught(tmp_path):
 
 
 def test_truncated_compressed_image_is_caught(tmp_path):
-    data, _ = image_with_holes(tmp_path / "os.img", size=6 * MIB)
+    data, dummy_blocks = image_with_holes(tmp_path / "os.img", size=6 * MIB)
     subprocess.run(["zstd", "-q", "-1", "-f", str(tmp_path / "os.img")], check=True)
     raw = (tmp_path / "os.img.zst").read_bytes()
     (tmp_path / "os.img.zst").write_bytes(raw[: len(raw) // 2])

@@ -21,8 +21,8 @@ def test_settings_come_from_the_environment_when_not_given():
     env = {"PIBAKE_REGISTRY": "reg.example:5000", "PIBAKE_REGISTRY_NAMESPACE": "team",
            "PIBAKE_REGISTRY_USER": "u", "PIBAKE_REGISTRY_PASSWORD": "p", "PIBAKE_REGISTRY_TLS": "false"}
     settings = RegistrySettings.from_sources({}, env=env)
-    assert (settings.registry, settings.namespace, settings.tls, settings.username) == ("reg.example:5000", "team",
-                                                                                         False, "u")
+    assert (settings.registry, settings.namespace, settings.tls, settings.username) == (
+        "reg.example:5000", "team", False, "u")
     explicit = RegistrySettings.from_sources({"registry": "other:1", "tls": True}, env=env)
     assert explicit.registry == "other:1" and explicit.tls is True
 
@@ -88,7 +88,7 @@ def test_tar_source_is_a_valid_tar_and_reads_at_any_offset(tmp_path):
     whole = src.read(0, src.size)
     assert len(whole) == src.size
     assert src.digest == "sha256:" + hashlib.sha256(whole).hexdigest()
-    assert b"".join(data for _, data in src.chunks(0, 4096)) == whole
+    assert b"".join(data for dummy_offset, data in src.chunks(0, 4096)) == whole
     for offset in (0, 511, 512, 513, 70_000, src.size - 1):
         assert src.read(offset, 1000) == whole[offset:offset + 1000]
     with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
@@ -137,7 +137,7 @@ def test_annotations_from_os_info_with_prefix_and_overrides(tmp_path):
 
 
 def test_deploy_files_skip_hidden_and_folders(tmp_path):
-    names = [name for name, _ in _oci.deploy_files(_deploy(tmp_path))]
+    names = [name for name, dummy_path in _oci.deploy_files(_deploy(tmp_path))]
     assert names == ["build.log", "image.cdx.json", "os.img.xz", "os.img.xz.sha256", "os.info"]
     with pytest.raises(PibakeError):
         _oci.deploy_files(str(tmp_path / "missing"))
@@ -163,7 +163,7 @@ def test_plan_is_deterministic_and_well_formed(tmp_path):
         "os.img.xz": "application/vnd.pibake.disk-image.raw.v1+xz",
         "os.img.xz.sha256": "application/vnd.pibake.checksums.v1+text",
         "os.info": "application/vnd.pibake.os-info.v1+text"}
-    roles = [role for role, _, _ in first.referrers(first.artifact_raw, _oci.OCI_MANIFEST)]
+    roles = [role for role, dummy_raw, dummy_type in first.referrers(first.artifact_raw, _oci.OCI_MANIFEST)]
     assert roles == ["sbom image.cdx.json", "checksums"]
     single = _oci.Plan(deploy, notes, ["linux/arm64"])
     assert json.loads(single.image_raw)["mediaType"] == _oci.OCI_MANIFEST
