@@ -140,6 +140,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (loop devices)", file=sys.stderr)
         return 2
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="pibake-flash-bench-", dir=args.workdir)
     try:
         image = os.path.join(work, "os.img")

@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg" PYTHONDONTWRITEBYTECODE=1
-STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration molecule faults ecosystem e2e boot"}
+STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration molecule faults ecosystem e2e"}
 PARALLEL=${PIBAKE_TEST_PARALLEL:-1}
 OUT=tests/output
 declare -A took

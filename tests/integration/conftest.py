@@ -48,7 +48,9 @@ def cubeos_test_images(request, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cubeos_build(cubeos_test_images):
     # The profile's stacks run these images on first boot (the QEMU boot test checks them).
-    return _build("cubeos", "-e", f"@{cubeos_test_images['vars_file']}")
+    # xz as by default, at level 1: the same code path at ~40 % of the CPU time of level 6 (11.8 s vs 31.3 s user
+    # on 96 MiB of a built root; output 10 % larger).
+    return _build("cubeos", "-e", f"@{cubeos_test_images['vars_file']}", "-e", "finalize_compression_level=1")
 
 
 @pytest.fixture(scope="session")
