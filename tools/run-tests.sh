@@ -16,6 +16,10 @@ OUT=tests/output
 declare -A took
 failed=""
 
+pytest_stage() {  # pytest exits 5 when a selection is empty; that is a broken stage here, not a pass
+  pytest -q -p no:cacheprovider "$@"
+}
+
 stage_lint() {
   ansible-lint --profile production -q || return 1
   for playbook in playbooks/*.yml; do ansible-playbook --syntax-check -i inventories/cubeos "$playbook" >/dev/null || return 1; done
