@@ -34,7 +34,10 @@ stage_molecule() {
   local scenario
   for scenario in $(ls -d molecule/*/ | xargs -n1 basename | grep -v '^_'); do
     echo "--- molecule test -s $scenario"
+    local start
+    start=$(date +%s)
     molecule test -s "$scenario" || return 1
+    echo "--- molecule test -s $scenario took $(( $(date +%s) - start )) s"
   done
 }
 # The arm64 builds of both profiles from the Debian base, finalized, and the checks on their outputs.

@@ -14,22 +14,85 @@ import signal
 import sys
 import time
 import traceback
+from typing import Dict, List
 
 from ansible_collections.pibake.image.plugins.module_utils import _lease, _session
 
 POLL_SECONDS = 0.5
 
 
+def _children_map() -> Dict[int, List[int]]:
+    """Parent pid -> child pids of every process now."""
+    children: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def descendants(pid: int) -> Dict[int, object]:
+    """The processes below ``pid`` now, with their start times (to tell a reused pid apart)."""
+    children = _children_map()
+    found: Dict[int, object] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        if child in found or child == os.getpid():
+            continue
+        found[child] = _lease.process_start_time(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def stop_orphans(known: Dict[int, object], grace: float = 5.0) -> List[int]:
+    """SIGTERM, then SIGKILL, the remembered descendants of a dead owner that still run.
+
+    ansible-core runs each task's worker in a session of its own, so killing ansible-playbook (even its process
+    group) leaves the task running; it could recreate files in the working folder after the reap removed it.
+    """
+    def alive() -> List[int]:
+        return [pid for pid, start in known.items() if start is not None and _lease.process_start_time(pid) == start]
+
+    stopped = alive()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and alive():
+            time.sleep(0.1)
+    return stopped
+
+
+def _log(message: str) -> None:
+    sys.stdout.write(f"{time.strftime('%F %T')} {message}\n")
+    sys.stdout.flush()
+
+
 def _watch(lease_path: str) -> None:
+    workers: Dict[int, object] = {}
     while True:
         record = _lease.load(lease_path)
         if record is None and not os.path.exists(lease_path):
             return
         if record is not None and not _lease.owner_alive(record):
-            sys.stdout.write(f"{time.strftime('%F %T')} owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping\n")
-            sys.stdout.flush()
+            _log(f"owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping")
+            stopped = stop_orphans(workers)
+            if stopped:
+                _log(f"stopped the owner's remaining workers {stopped}")
             _session.reap(lease_path)
             return
+        if record is not None and int(record.get("owner_pid") or 0) > 0:
+            # Remember the owner's process tree while it lives: once it dies, its workers are re-parented.
+            workers.update(descendants(int(record["owner_pid"])))
         time.sleep(POLL_SECONDS)
 
 
