@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
-import traceback
 from typing import Dict, List
 
-from ansible_collections.pibake.image.plugins.module_utils import _lease, _session
+from ansible_collections.pibake.image.plugins.module_utils import _daemon, _lease, _session
 
 POLL_SECONDS = 0.5
 
@@ -72,11 +70,6 @@ def stop_orphans(known: Dict[int, object], grace: float = 5.0) -> List[int]:
     return stopped
 
 
-def _log(message: str) -> None:
-    sys.stdout.write(f"{time.strftime('%F %T')} {message}\n")
-    sys.stdout.flush()
-
-
 def _watch(lease_path: str) -> None:
     workers: Dict[int, object] = {}
     while True:
@@ -84,10 +77,10 @@ def _watch(lease_path: str) -> None:
         if record is None and not os.path.exists(lease_path):
             return
         if record is not None and not _lease.owner_alive(record):
-            _log(f"owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping")
+            _daemon.log(f"owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping")
             stopped = stop_orphans(workers)
             if stopped:
-                _log(f"stopped the owner's remaining workers {stopped}")
+                _daemon.log(f"stopped the owner's remaining workers {stopped}")
             _session.reap(lease_path)
             return
         if record is not None and int(record.get("owner_pid") or 0) > 0:
@@ -97,41 +90,5 @@ def _watch(lease_path: str) -> None:
 
 
 def start_guard(lease_path: str) -> int:
-    """Fork the guard (double fork, new session, no inherited pipes). Returns the guard's pid in the parent."""
-    read_end, write_end = os.pipe()
-    first = os.fork()
-    if first:
-        os.close(write_end)
-        os.waitpid(first, 0)
-        with os.fdopen(read_end, "rb") as handle:
-            data = handle.read().strip()
-        return int(data or 0)
-    # First child: leave the terminal's session, then fork again so the guard is no session leader.
-    os.close(read_end)
-    os.setsid()
-    second = os.fork()
-    if second:
-        os.write(write_end, str(second).encode())
-        os._exit(0)
-    try:
-        os.close(write_end)
-        log_path = os.path.join(os.path.dirname(lease_path), "guard.log")
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        # Ansible waits for the module's stdout to close: the guard must hold no inherited descriptor.
-        os.closerange(3, 65536)
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = sys.stdout
-        os.chdir("/")
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        # The module that forks the guard turns SIGTERM into an exception; the guard keeps the default.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _watch(lease_path)
-    except BaseException:  # the guard must never die silently
-        traceback.print_exc()
-    finally:
-        os._exit(0)
+    """Start the guard of ``lease_path`` as a detached process. Returns its pid."""
+    return _daemon.spawn(lambda: _watch(lease_path), os.path.join(os.path.dirname(lease_path), "guard.log"))

@@ -28,12 +28,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import traceback
 import uuid
 from typing import Callable, Dict, List, Optional
 
+from ansible_collections.pibake.image.plugins.module_utils import _daemon
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._lease import owner_alive as _lease_owner_alive
 from ansible_collections.pibake.image.plugins.module_utils._lease import process_start_time
@@ -294,54 +293,17 @@ def remove_machine_files(record: Dict[str, object]) -> None:
 
 
 def _guard_main(path: str) -> None:
-    def log(message: str) -> None:
-        # A detached process of its own (no module around it): its stdout is the guard log file.
-        sys.stdout.write(f"{time.strftime('%F %T')} {message}\n")
-        sys.stdout.flush()
-
-    guard = Guard(path, log)
-    log(f"guarding {path}")
+    guard = Guard(path, _daemon.log)
+    _daemon.log(f"guarding {path}")
     while guard.step():
         time.sleep(POLL_SECONDS)
 
 
 def start_guard(path: str) -> int:
     """Fork the guard for the machine record ``path`` (double fork, new session). Returns its pid."""
-    read_end, write_end = os.pipe()
-    first = os.fork()
-    if first:
-        os.close(write_end)
-        os.waitpid(first, 0)
-        with os.fdopen(read_end, "rb") as handle:
-            data = handle.read().strip()
-        return int(data or 0)
-    os.close(read_end)
-    try:
-        os.setsid()
-        second = os.fork()
-        if second:
-            os.write(write_end, str(second).encode())
-            os._exit(0)
-        os.close(write_end)
-        record = read_json(path) or {}
-        log_path = os.path.join(str(record.get("work_dir") or "/tmp"), "guard.log")
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null_fd, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        # Ansible waits for the module's stdout to close: hold no inherited descriptor.
-        os.closerange(3, 65536)
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = sys.stdout
-        os.chdir("/")
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        _guard_main(path)
-    except BaseException:  # the guard must never die silently
-        traceback.print_exc()
-    finally:
-        os._exit(0)
+    record = read_json(path) or {}
+    log_path = os.path.join(str(record.get("work_dir") or "/tmp"), "guard.log")
+    return _daemon.spawn(lambda: _guard_main(path), log_path)
 
 
 # ------------------------------------------------------------------ reaping
