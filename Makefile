@@ -16,7 +16,7 @@ LINK    := .ansible/collections/ansible_collections/pibake/image
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps venv setup build test lint docs unit integration molecule faults e2e boot clean distclean
+.PHONY: help deps venv setup build test lint docs unit integration molecule faults e2e boot device clean distclean
 
 help:
 	@echo "make build    install dependencies and build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
@@ -59,7 +59,7 @@ docs: venv
 unit: venv
 	PIBAKE_TEST_STAGES=unit tools/run-tests.sh
 
-integration molecule faults e2e boot: setup
+integration molecule faults e2e boot device: setup
 	PIBAKE_TEST_STAGES=$@ tools/run-tests.sh
 
 test: setup

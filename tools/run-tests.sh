@@ -4,13 +4,15 @@
 # Everything CI runs (`make test`). Stages run in order; the first failing stage stops the run.
 # PIBAKE_TEST_STAGES limits the stages, e.g. PIBAKE_TEST_STAGES="lint unit".
 #
-# The e2e stage (the arm64 builds of both profiles, about half of the whole run) is the long pole and mostly
-# single-threaded under qemu-user: when other stages are selected too, it starts first in the background and the
-# run waits for it in its place, so the second core is not idle. PIBAKE_TEST_PARALLEL=0 runs it in line.
+# The e2e stage (the arm64 builds of both profiles, about half of the whole run) and the boot stage (QEMU boots of
+# those builds) are the long pole and mostly single-threaded under emulation: when other stages are selected too,
+# they start first in the background, one after the other, and the run waits for each in its place, so the second
+# core is not idle. PIBAKE_TEST_PARALLEL=0 runs them in line. The device stage (configure-device.yml over SSH to a
+# booted VM, twice; ~30 min under TCG) is not a default stage: `make device`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" ANSIBLE_CONFIG="$PWD/ansible.cfg" PYTHONDONTWRITEBYTECODE=1
-STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration molecule faults ecosystem e2e"}
+STAGES=${PIBAKE_TEST_STAGES:-"lint unit integration molecule faults ecosystem e2e boot"}
 PARALLEL=${PIBAKE_TEST_PARALLEL:-1}
 OUT=tests/output
 declare -A took
@@ -42,48 +44,64 @@ stage_molecule() {
 }
 # The arm64 builds of both profiles from the Debian base, finalized, and the checks on their outputs.
 stage_e2e() { pytest_stage --basetemp=/tmp/pibake-e2e-pytest -m e2e tests/integration; }
-# QEMU boots of the images the e2e stage built (it must have run first, in this run).
-stage_boot() { PIBAKE_E2E_REUSE=1 pytest_stage --basetemp=/tmp/pibake-boot-pytest -m boot tests/integration; }
+# QEMU boots of the images the e2e stage built (reused from tests/output/e2e; built when missing).
+stage_boot() {
+  PIBAKE_E2E_REUSE=1 pytest_stage --basetemp=/tmp/pibake-boot-pytest -m "boot and not device" tests/integration
+}
+# The roles applied over SSH to a booted cubeos VM (device mode), twice.
+stage_device() { PIBAKE_E2E_REUSE=1 pytest_stage --basetemp=/tmp/pibake-boot-pytest -m device tests/integration; }
 stage_ecosystem() { tools/ecosystem-checks.sh; }
+
+background=""  # the selected long stages, run one after the other in one background job
+for stage in e2e boot; do [[ " $STAGES " == *" $stage "* ]] && background="$background $stage"; done
+
+run_background() {  # each stage's log, exit code and seconds go to files; a failed stage skips the rest
+  local stage start rc=0
+  for stage in $background; do
+    start=$(date +%s)
+    if [ $rc = 0 ]; then "stage_$stage" >"$OUT/$stage-stage.log" 2>&1; rc=$?
+    else echo "skipped: an earlier background stage failed" >"$OUT/$stage-stage.log"; fi
+    echo $(( $(date +%s) - start )) >"$OUT/$stage-stage.seconds"
+    echo $rc >"$OUT/$stage-stage.rc"
+  done
+}
 
 run_stage() {
   local stage=$1 start
   start=$(date +%s)
-  if [ "$stage" = e2e ] && [ -n "${e2e_pid:-}" ]; then
+  if [ -n "${background_pid:-}" ] && [[ " $background " == *" $stage "* ]]; then
     echo "(started in the background at the beginning; its output follows)"
-    wait "$e2e_pid"; local rc=$?
-    cat "$OUT/e2e-stage.log"
-    took[$stage]=$(cat "$OUT/e2e-stage.seconds" 2>/dev/null || echo "?")
-    return $rc
+    while [ ! -e "$OUT/$stage-stage.rc" ] && kill -0 "$background_pid" 2>/dev/null; do sleep 5; done
+    cat "$OUT/$stage-stage.log" 2>/dev/null
+    took[$stage]=$(cat "$OUT/$stage-stage.seconds" 2>/dev/null || echo "?")
+    return "$(cat "$OUT/$stage-stage.rc" 2>/dev/null || echo 1)"
   fi
   "stage_$stage"; local rc=$?
   took[$stage]=$(( $(date +%s) - start ))
   return $rc
 }
 
-mkdir -p "$OUT"
-if [ "$PARALLEL" = 1 ] && [[ " $STAGES " == *" e2e "* ]] && [ "$(echo $STAGES | wc -w)" -gt 1 ]; then
-  e2e_start=$(date +%s)
-  rm -f "$OUT/e2e-stage.seconds"
-  set -m  # its own process group, and SIGINT not ignored as it would be for a plain background job
-  ( stage_e2e; rc=$?; echo $(( $(date +%s) - e2e_start )) >"$OUT/e2e-stage.seconds"; exit $rc ) \
-    >"$OUT/e2e-stage.log" 2>&1 &
-  e2e_pid=$!
-  set +m
-  # Never leave the background builds running when this script stops early (Ctrl-C, a failed stage): SIGINT lets
-  # pytest tear its fixtures down and the builds unwind.
-  trap 'stop_background' EXIT
-  echo "=== stage e2e started in the background (log: $OUT/e2e-stage.log)"
-fi
-
 stop_background() {
-  if [ -n "${e2e_pid:-}" ] && kill -0 "$e2e_pid" 2>/dev/null; then
-    echo "=== stopping the background e2e stage"
-    kill -INT -- "-$e2e_pid" 2>/dev/null
-    wait "$e2e_pid" 2>/dev/null
+  if [ -n "${background_pid:-}" ] && kill -0 "$background_pid" 2>/dev/null; then
+    echo "=== stopping the background stages"
+    kill -INT -- "-$background_pid" 2>/dev/null
+    wait "$background_pid" 2>/dev/null
   fi
-  e2e_pid=""
+  background_pid=""
 }
+
+mkdir -p "$OUT"
+if [ "$PARALLEL" = 1 ] && [ -n "$background" ] && [ "$(echo $STAGES | wc -w)" -gt "$(echo $background | wc -w)" ]; then
+  for stage in $background; do rm -f "$OUT/$stage-stage".{rc,seconds,log}; done
+  set -m  # its own process group, and SIGINT not ignored as it would be for a plain background job
+  run_background &
+  background_pid=$!
+  set +m
+  # Never leave the background builds or VMs running when this script stops early (Ctrl-C, a failed stage):
+  # SIGINT lets pytest tear its fixtures down and the builds unwind.
+  trap 'stop_background' EXIT
+  echo "=== stages$background started in the background (logs: $OUT/<stage>-stage.log)"
+fi
 
 run_start=$(date +%s)
 for stage in $STAGES; do

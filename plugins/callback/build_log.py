@@ -44,6 +44,7 @@ class CallbackModule(CallbackBase):
         self._phase_times = {}
         self._role_times = {}
         self._task_started = {}
+        self._last_result = {}  # (task, host) -> when its previous result (a loop item) came
 
     # ------------------------------------------------------------ output
     def _write(self, line):
@@ -75,6 +76,7 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._task_started[task._uuid] = time.monotonic()
+        self._last_result = {key: when for key, when in self._last_result.items() if key[0] != task._uuid}
         self._write(f"TASK [{task.get_name().strip()}]")
 
     def v2_playbook_on_handler_task_start(self, task):
@@ -82,7 +84,11 @@ class CallbackModule(CallbackBase):
 
     def _result(self, status, result):
         task = result._task
-        elapsed = time.monotonic() - self._task_started.get(task._uuid, time.monotonic())
+        # A loop reports every item and then the whole task: count each stretch of time once, so that role times
+        # add up to the run's time.
+        now, key = time.monotonic(), (task._uuid, result._host.get_name())
+        elapsed = now - self._last_result.get(key, self._task_started.get(task._uuid, now))
+        self._last_result[key] = now
         role = task._role.get_name() if task._role else None
         if role:
             self._role_times[role] = self._role_times.get(role, 0.0) + elapsed

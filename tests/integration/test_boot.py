@@ -6,8 +6,8 @@ Boots, each one on a sparse copy of a shared session build (tests/output/e2e/<pr
 
 1. ourbox-mini copy A, first boot without the DATA drive, on a disk 512 MiB bigger than the image;
 2. ourbox-mini copy A again with the blank OURBOX_DATA drive attached: the normal-boot path;
-3. cubeos copy A through ``playbooks/boot-test.yml`` (its own checks), then testinfra, then
-   ``playbooks/configure-device.yml`` over SSH twice;
+3. cubeos copy A through ``playbooks/boot-test.yml`` (its own checks), then testinfra, then (marker ``device``,
+   ``make device``, not in ``make test``) ``playbooks/configure-device.yml`` over SSH twice;
 4. cubeos copy B, only until SSH answers (its identity is made before sshd starts), to prove that two copies of
    the same image get different host keys, machine IDs and secrets.
 
@@ -178,6 +178,13 @@ def test_ourbox_first_boot_reaches_multi_user_without_failed_units(ourbox):
     assert ourbox["state"] == "running", f"{ourbox['state']}: failed units {_failed_units(host)}"
     assert host.service("multi-user.target").is_running
     assert _failed_units(host) == []
+
+
+def test_ourbox_network_manager_brings_up_the_wired_network(ourbox):
+    host = ourbox["host"]
+    assert host.service("NetworkManager").is_running
+    route = host.check_output("ip -4 route show default")
+    assert route.startswith("default via "), f"no default route from DHCP: {route!r}"
 
 
 def test_ourbox_first_boot_ran_and_made_an_identity(ourbox):
@@ -389,6 +396,7 @@ def _recap_changed(output: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.device
 def test_configure_device_applies_a_changed_sysctl_without_a_reboot(cubeos):
     host = cubeos["host"]
     boot_id = host.file("/proc/sys/kernel/random/boot_id").content_string
@@ -412,6 +420,7 @@ def test_configure_device_applies_a_changed_sysctl_without_a_reboot(cubeos):
     assert host.file("/proc/sys/kernel/random/boot_id").content_string == boot_id, "the device rebooted"
 
 
+@pytest.mark.device
 def test_configure_device_second_run_changes_nothing(cubeos):
     if "device_args" not in cubeos:
         pytest.skip("needs the first configure-device run")

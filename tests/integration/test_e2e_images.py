@@ -282,6 +282,15 @@ def test_ourbox_fstab_mounts_the_data_drive_as_the_contract_says(ourbox_root):
     assert seconds is not None and 0 < seconds < 90, f"the device timeout {timeouts[0]} is not short (< 90 s)"
 
 
+def test_ourbox_brings_up_its_wired_network_with_network_manager(ourbox_root):
+    wants = ourbox_root.file("/etc/systemd/system/multi-user.target.wants/NetworkManager.service")
+    assert wants.is_symlink, "NetworkManager is not enabled: the device would boot without a network"
+    assert ourbox_root.file("/usr/sbin/NetworkManager").is_file, "network-manager is not installed"
+    mode = ourbox_root.file(f"{NETWORK_CONF_DIR}/mode.default").content_string.strip()
+    assert mode == "client", f"the default network mode is {mode!r}, not the profile's client"
+    assert not ourbox_root.package("hostapd").is_installed, "ourbox-mini has no access point, yet hostapd is installed"
+
+
 def test_ourbox_image_carries_no_identity(ourbox_root):
     assert ourbox_root.file("/etc/ssh").is_directory, "/etc/ssh is missing: is openssh-server installed?"
     keys = ourbox_root.check_output("find /etc/ssh -maxdepth 1 -name 'ssh_host_*'")
