@@ -9,20 +9,26 @@ data blocks left as holes): each candidate size is tried there with ``resize2fs 
 resize2fs decides only from metadata, so the real run at a size that passed on the copy does the same moves.
 The real run then goes through an offset loop device, and ``e2fsck -fn`` must pass again before the partition
 table is changed and the file truncated.
+
+The journal is then cleared: after ``e2fsck -f`` it is empty (``Journal start: 0``), so the kernel ignores
+everything after the journal superblock, but its log blocks still hold the metadata of the build's last
+transactions, which would be stored and compressed. Those blocks are punched (they read back as zeros); the journal
+keeps its place, size and features, so nothing else changes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.pibake.image.plugins.module_utils import _expand, _ext4, _offsetloop
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._imagefile import (
-    allocated_bytes, ensure_detached, read_table)
+    allocated_bytes, ensure_detached, punch_hole, read_table)
 from ansible_collections.pibake.image.plugins.module_utils._run import run, text
 
 MIB = 1 << 20
@@ -158,6 +164,7 @@ def shrink(path: str, *, margin: int = 64 * MIB, expansion: str = "auto", check_
     new_end = (root.start + part_sectors) * table.sector_size
     file_end = new_end + (GPT_BACKUP_SECTORS * table.sector_size if table.label == "gpt" else 0)
     expansion_result: Dict[str, object] = {"mechanism": expansion, "changed": False, "actions": []}
+    journal_cleared = 0
     if not check_mode:
         if resized:
             _set_partition_size(path, root.number, root.start, part_sectors)
@@ -167,12 +174,16 @@ def shrink(path: str, *, margin: int = 64 * MIB, expansion: str = "auto", check_
             else:
                 os.truncate(path, file_end)
         expansion_result = _expand.arm(read_table(path), root.offset, expansion)
+        journal_cleared = clear_journal(path, root.offset)
+        if journal_cleared:
+            log(f"shrink: cleared {journal_cleared // 1024} KiB of stale journal blocks")
         _ext4.fsck(path, root.offset, repair=False)
     else:
         expansion_result = planned
     size_after = file_end if file_end < size_before else size_before
     result = {
-        "changed": not check_mode and (resized or size_after != size_before or bool(expansion_result["changed"])),
+        "changed": not check_mode and (resized or size_after != size_before or bool(expansion_result["changed"])
+                                       or journal_cleared > 0),
         "partition": root.number,
         "block_size": bsize,
         "used_blocks": first["used"],
@@ -187,12 +198,94 @@ def shrink(path: str, *, margin: int = 64 * MIB, expansion: str = "auto", check_
         "size_after": size_after,
         "allocated_before": allocated_before,
         "allocated_after": allocated_bytes(path),
+        "journal_cleared_bytes": journal_cleared,
         "expansion": expansion_result,
         "seconds": round(time.monotonic() - started, 3),
     }
     log(f"shrink: {size_before // MIB} MiB -> {size_after // MIB} MiB (root {first['blocks']} -> {fs_blocks} "
         f"blocks of {bsize}); expansion {expansion_result['mechanism']}")
     return result
+
+
+def journal_blocks(path: str, offset: int) -> List[Tuple[int, int]]:
+    """Physical block ranges (first, count) of the internal journal's log, in journal order, without its superblock
+    (the journal's first block). Empty when there is no internal journal, when it is not empty (not clean), or when
+    its block map does not add up to the journal size."""
+    sb = _ext4.superblock(path, offset)
+    features = sb.get("Filesystem features", "").split()
+    inode = sb.get("Journal inode", "")
+    if "has_journal" not in features or "needs_recovery" in features or not inode.isdigit() \
+            or sb.get("Journal start", "") != "0":
+        return []
+    proc = run(["debugfs", "-R", f"stat <{inode}>", _ext4.spec(path, offset)],
+               what=f"debugfs stat of the journal of {path}")
+    listing = re.split(r"^(?:EXTENTS|BLOCKS):$", text(proc), flags=re.M)
+    if len(listing) != 2:
+        return []
+    # Only data mappings: "(0-11):1037-1048" or "(5):1234"; "(IND):1049", "(ETB0):..." are the inode's own map
+    # blocks and must never be cleared.
+    extents = sorted((int(m.group(1)), int(m.group(3)), int(m.group(4) or m.group(3)))
+                     for m in re.finditer(r"\((\d+)(-\d+)?\):(\d+)(?:-(\d+))?", listing[1]))
+    ranges: List[Tuple[int, int]] = []
+    expected = 0
+    for logical, first, last in extents:
+        if logical != expected:
+            return []
+        expected += last - first + 1
+        if logical == 0:
+            first += 1
+        if first <= last:
+            ranges.append((first, last - first + 1))
+    if not sb.get("Total journal blocks", "").isdigit() or expected != int(sb["Total journal blocks"]):
+        return []
+    return ranges
+
+
+def clear_journal(path: str, offset: int) -> int:
+    """Punch the log blocks of an empty journal that hold data; returns how many bytes were cleared (0: already
+    clear, which makes a second run a no-op). The journal superblock is kept as it is; the caller checks the
+    filesystem (``e2fsck -fn``) afterwards."""
+    ranges = journal_blocks(path, offset)
+    if not ranges:
+        return 0
+    bsize = _ext4.geometry(path, offset)["block_size"]
+    cleared = 0
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for first, count in ranges:
+            start, end = offset + first * bsize, offset + (first + count) * bsize
+            for begin, length in _nonzero_runs(fd, start, end, bsize):
+                punch_hole(fd, begin, length)
+                cleared += length
+        if cleared:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return cleared
+
+
+def _nonzero_runs(fd: int, start: int, end: int, bsize: int) -> List[Tuple[int, int]]:
+    """(offset, length) runs of ``bsize`` blocks from ``start`` to ``end`` that are allocated and not all zeros."""
+    runs: List[Tuple[int, int]] = []
+    zero = bytes(bsize)
+    block = start
+    while block < end:
+        try:
+            data = os.lseek(fd, block, os.SEEK_DATA)
+        except OSError:             # ENXIO: only a hole is left
+            break
+        if data >= end:
+            break
+        block = max(block, data - (data - start) % bsize)
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        while block < hole:
+            if os.pread(fd, bsize, block) != zero:
+                if runs and runs[-1][0] + runs[-1][1] == block:
+                    runs[-1] = (runs[-1][0], runs[-1][1] + bsize)
+                else:
+                    runs.append((block, bsize))
+            block += bsize
+    return runs
 
 
 def _truncate_gpt(path: str, size: int) -> None:

@@ -10,11 +10,12 @@ module: image_compress
 short_description: Compress a disk image with xz or zstd and prove it decompresses to the same bytes
 version_added: 0.1.0
 description:
-  - Streams the image once through the compressor (C(xz -T0) by default, or C(zstd --long=27)) while hashing
-    it; the compressed stream goes to a temporary file next to O(dest), is hashed, and is decompressed at the
-    same time and hashed again. O(dest) appears (by rename) only when the decompressed stream has the image's
-    length and SHA-256.
-  - Progress lines (read, written, rate, time left) go to O(log_file) every O(progress_interval) seconds.
+  - The compressor (C(xz -T0) by default, or C(zstd --long=27)) reads the image file itself and writes a
+    temporary file next to O(dest); the image is hashed at the same time from the page cache. The temporary file
+    is then hashed and decompressed (C(xz -dc -T0) or C(zstd -dc)) and the output hashed again. O(dest) appears
+    (by rename) only when the decompressed stream has the image's length and SHA-256.
+  - Progress lines (read, written, rate, time left; from the compressor's position in the image) go to
+    O(log_file) every O(progress_interval) seconds.
   - Runs on the controller (C(localhost)).
 options:
   image:
@@ -43,7 +44,7 @@ options:
         with an empty match finder); any xz decompresses the result.
     type: int
   verify:
-    description: Decompress while compressing and compare SHA-256 and length with the image.
+    description: Decompress the output once it is written and compare SHA-256 and length with the image.
     type: bool
     default: true
   progress_interval:

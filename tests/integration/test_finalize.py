@@ -69,6 +69,36 @@ def test_shrink_goes_below_resize2fs_minimum_and_checks_clean(tmp_path):
     assert not again["changed"] and os.path.getsize(img) == result["size_after"]
 
 
+def test_shrink_clears_a_stale_journal_and_the_kernel_mounts_it(tmp_path):
+    img = image_copy(tmp_path, data_mb=2, deleted_mb=0, fat_deleted_mb=0)
+    off = root_offset(img)
+    ranges = _shrink.journal_blocks(img, off)
+    before = _ext4.superblock(img, off)
+    with open(img, "r+b") as handle:                      # old transactions, as a build leaves the journal
+        for first, count in ranges:
+            handle.seek(off + first * 4096)
+            handle.write(os.urandom(count * 4096))
+    result = _shrink.shrink(img, margin=8 * MIB)
+    assert result["journal_cleared_bytes"] == sum(count for _first, count in ranges) * 4096
+    off = read_table(img).last.offset
+    after = _ext4.superblock(img, off)
+    for key in ("Journal inode", "Journal features", "Total journal size", "Total journal blocks", "Journal start",
+                "Journal sequence"):
+        assert after.get(key) == before.get(key), key
+    with open(img, "rb") as handle:
+        for first, count in _shrink.journal_blocks(img, off):
+            handle.seek(off + first * 4096)
+            assert handle.read(count * 4096) == bytes(count * 4096)
+    root = read_table(img).last
+    with _offsetloop.attached(img, root.offset, root.length) as device:
+        with _offsetloop.mounted(device, "ext4") as where:
+            with open(os.path.join(where, "written-after-clear"), "wb") as handle:
+                handle.write(os.urandom(MIB))
+            assert open(os.path.join(where, "etc/hostname"), "rb").read() == b"pibake-test\n"
+    proc, _size = _fsck_on_loop(img)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_shrink_gpt_moves_the_backup_header(tmp_path):
     img = image_copy(tmp_path, label="gpt", data_mb=1, deleted_mb=0, fat_deleted_mb=0)
     _shrink.shrink(img, margin=8 * MIB)

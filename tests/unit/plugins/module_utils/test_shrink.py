@@ -4,6 +4,7 @@
 loop device, is in tests/integration/test_finalize.py)."""
 
 import os
+import subprocess
 import tempfile
 
 import pytest
@@ -53,3 +54,74 @@ def test_no_expansion_mechanism_fails_before_shrinking(tmp_path):
     with pytest.raises(PibakeError, match="no first-boot root expansion"):
         _shrink.shrink(img)
     assert os.path.getsize(img) == size and _ext4.geometry(img, root_offset(img))["blocks"] == geo["blocks"]
+
+
+def _journal_fields(img, off):
+    sb = _ext4.superblock(img, off)
+    return {key: value for key, value in sb.items() if key.startswith(("Journal", "Total journal", "Filesystem f"))}
+
+
+def _stale_journal(tmp_path):
+    """A test image whose (empty) journal's log blocks hold old data, as a build leaves them."""
+    img = image_copy(tmp_path, data_mb=1, deleted_mb=0, fat_deleted_mb=0)
+    off = root_offset(img)
+    ranges = _shrink.journal_blocks(img, off)
+    assert sum(count for _first, count in ranges) == int(_ext4.superblock(img, off)["Total journal blocks"]) - 1
+    stale = [ranges[0][0], ranges[0][0] + 7, ranges[-1][0] + ranges[-1][1] - 1]   # first, middle, last log block
+    with open(img, "r+b") as handle:
+        for block in stale:
+            handle.seek(off + block * 4096)
+            handle.write(b"\xc0\x3b\x39\x98" + os.urandom(4092))     # jbd2 magic: old descriptor-like blocks
+    return img, off, stale
+
+
+def test_clear_journal_zeroes_stale_log_blocks_and_keeps_the_journal(tmp_path):
+    img, off, stale = _stale_journal(tmp_path)
+    before = _journal_fields(img, off)
+    with open(img, "rb") as handle:
+        handle.seek(off + (stale[0] - 1) * 4096)
+        journal_sb = handle.read(4096)
+    assert _shrink.clear_journal(img, off) == 3 * 4096
+    with open(img, "rb") as handle:
+        for block in stale:
+            handle.seek(off + block * 4096)
+            assert handle.read(4096) == bytes(4096)
+        handle.seek(off + (stale[0] - 1) * 4096)
+        assert handle.read(4096) == journal_sb                   # the journal superblock is kept
+    assert _journal_fields(img, off) == before                   # same journal: size, inode, features, sequence
+    assert _ext4.fsck(img, off, repair=False) == 0
+    assert _shrink.clear_journal(img, off) == 0                  # a second run is a no-op
+
+
+def test_clear_journal_leaves_a_journal_that_needs_recovery(tmp_path):
+    img, off, stale = _stale_journal(tmp_path)
+    with open(img, "r+b") as handle:                             # s_start = 1 in the journal superblock
+        handle.seek(off + (stale[0] - 1) * 4096 + 28)
+        handle.write((1).to_bytes(4, "big"))
+    assert _ext4.superblock(img, off)["Journal start"] == "1"
+    assert _shrink.journal_blocks(img, off) == []
+    data = open(img, "rb").read()
+    assert _shrink.clear_journal(img, off) == 0
+    assert open(img, "rb").read() == data
+
+
+def test_clear_journal_keeps_the_block_map_of_an_indirect_mapped_journal(tmp_path):
+    # ext3-style journal inode: its map has an indirect block between the data blocks, which must stay
+    img = str(tmp_path / "ext3.img")
+    subprocess.run(["truncate", "-s", "64M", img], check=True)
+    subprocess.run(["mkfs.ext3", "-q", "-F", "-b", "4096", "-J", "size=4", img], check=True)
+    ranges = _shrink.journal_blocks(img, 0)
+    assert sum(count for _first, count in ranges) == 1023 and len(ranges) == 2
+    indirect = ranges[0][0] + ranges[0][1]                       # (IND) sits between the two runs
+    assert ranges[1][0] == indirect + 1
+    with open(img, "r+b") as handle:
+        for first, count in ranges:
+            handle.seek(first * 4096)
+            handle.write(os.urandom(count * 4096))
+        handle.seek(indirect * 4096)
+        map_block = handle.read(4096)
+    assert _shrink.clear_journal(img, 0) == 1023 * 4096
+    with open(img, "rb") as handle:
+        handle.seek(indirect * 4096)
+        assert handle.read(4096) == map_block
+    assert _ext4.fsck(img, 0, repair=False) == 0
