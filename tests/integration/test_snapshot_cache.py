@@ -153,6 +153,8 @@ def test_a_rebuild_with_nothing_changed_runs_no_role_and_gives_the_same_image(co
     assert ran(log) == [] and "roles to run: none" in plan_line(log)
     assert "restored from the cache: " + ", ".join(ROLES) in plan_line(log)
     assert manifest(tmp_path / "deploy-again" / IMAGE, tmp_path) == cold["manifest"]
+    # A snapshot is grown already: restoring it must not grow the image again.
+    assert os.path.getsize(tmp_path / "deploy-again" / IMAGE) == os.path.getsize(cold["tmp"] / "deploy-cold" / IMAGE)
     assert_nothing_left(tmp_path)
 
 
