@@ -132,8 +132,14 @@ class Store:
                 self._write_record(record)
 
     def deepest(self, keys: Sequence[Optional[str]]) -> int:
-        """Index of the deepest role whose snapshot exists, or -1. Marks it and its ancestors as used."""
+        """Index of the deepest role whose snapshot exists, or -1. Marks it and its ancestors as used.
+
+        Writes nothing where there is nothing to find (no key, no snapshots folder): a build with the cache off
+        leaves the disk as it was.
+        """
         found = -1
+        if not any(keys) or not os.path.isdir(self.path):
+            return found
         with self.locked():
             for index, key in enumerate(keys):
                 if key is not None and self.load(key) is not None:

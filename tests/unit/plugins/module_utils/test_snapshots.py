@@ -92,6 +92,13 @@ def test_plan_without_any_match_or_keys_runs_every_role(tmp_path):
     assert plan["remaining"] == [{"name": "a", "key": ""}, {"name": "b", "key": ""}]
 
 
+def test_a_plan_with_the_cache_off_or_empty_writes_nothing(tmp_path):
+    store = _snapshots.Store(str(tmp_path / "cache"))
+    assert _snapshots.plan(store, ["a"], [None])["remaining"] == [{"name": "a", "key": ""}]
+    assert _snapshots.plan(store, ["a"], ["k0"])["restored"] == []
+    assert not (tmp_path / "cache").exists()
+
+
 def test_a_lookup_marks_the_snapshot_used(tmp_path):
     store = _snapshots.Store(str(tmp_path))
     save(store, "old")
