@@ -12,18 +12,51 @@ separately: for the persistent interpreter it includes starting the server and i
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("command", "copy", "template", "lineinfile")
 MODES = ("persistent", "plain")
 TARGET = 0.15  # issue 9: median time of each trivial task in the arm64 chroot
+
+
+def base_image() -> str:
+    """The newest cached Debian arm64 base image (pibake.image.base_image, source debian)."""
+    cache = os.environ.get("PIBAKE_CACHE_DIR") or os.path.expanduser("~/.cache/pibake")
+    found = sorted(glob.glob(os.path.join(cache, "base", "debian-trixie-arm64-*.img")), key=os.path.getmtime)
+    if not found:
+        sys.exit("No cached Debian arm64 base image; build one (pibake.image.base_image, source debian) "
+                 "or give --image.")
+    return found[-1]
+
+
+@contextlib.contextmanager
+def attached_copy(image: str, workdir: str, grow_bytes: int) -> Iterator[str]:
+    """Attach a sparse copy of ``image`` in a new folder below ``workdir``; yields its root, then detaches and
+    deletes the copy."""
+    from ansible_collections.pibake.image.plugins.module_utils import _lease, _mounts, _session
+
+    work = tempfile.mkdtemp(prefix="pibake-bench-", dir=workdir)
+    session = None
+    try:
+        session = _session.attach_image(os.path.join(work, "bench.img"), work, owner_pid=os.getpid(),
+                                        copy_from=image, grow_bytes=grow_bytes)
+        yield session.root
+    finally:
+        if session is not None:
+            _session.detach(_lease.path_of(session.record), write_back=False, trim=False)
+        if not _mounts.mounts_below(work):  # never recurse into a mount (the image's /dev is the host's)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _task(kind: str, mode: str, label: str, value: str) -> dict:

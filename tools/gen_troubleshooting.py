@@ -56,6 +56,8 @@ COMPONENTS: List[Tuple[str, str, str, str]] = [
      "Run `make clean` (playbooks/clean.yml) and build again; the clean build environment runbook has the details."),
     (r"connection/chroot", "The chroot connection", "connection.md",
      "Check that the image is attached (the build does it) and that `ansible_host` names its mounted root."),
+    (r"_snapshots|(action|modules)/image_snapshot", "Snapshot cache", "../guides/build-image.md",
+     "Build with `-e pibake_cache=off`, or delete `<pibake_cache_dir>/snapshots`; see the build guide."),
     (r"_shrink|_expand|_ext4|_freespace|_compress|_checksum|_bmap|_imager|_sbom|_board_lint|_imagefile|_outputs|"
      r"_release_info|_cmdline|_configtxt|_image_cleanup|modules/(image_|board_lint|imager_manifest|deploy_outputs|"
      r"cmdline_option|config_txt)|playbooks/finalize|roles/finalize", "Finalize and outputs",

@@ -15,7 +15,7 @@ import os
 import shutil
 import struct
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Tuple
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._run import run
@@ -75,11 +75,16 @@ def read_geometry(image: str, offset: int) -> FatGeometry:
     )
 
 
-def tree_digest(folder: str) -> str:
-    """A digest of every path, mode and content below ``folder``: tells whether the build changed the FAT."""
+def tree_digest(folder: str, ignore: Tuple[str, ...] = ()) -> str:
+    """A digest of every path, mode and content below ``folder``: tells whether the build changed the FAT.
+
+    ``ignore``: names of folders to leave out and file name endings to skip (e.g. ``__pycache__``, ``.pyc``);
+    the snapshot cache digests role and plugin trees with it.
+    """
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d not in ignore)
+        filenames = [f for f in filenames if not (ignore and f.endswith(ignore))]
         for name in sorted(filenames) + [d + "/" for d in dirnames]:
             path = os.path.join(dirpath, name.rstrip("/"))
             digest.update(os.path.relpath(path, folder).encode() + b"\0")

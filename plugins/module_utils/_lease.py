@@ -96,16 +96,21 @@ def path_of(record: Dict[str, object]) -> str:
     return os.path.join(lease_dir(), f"{record['id']}.json")
 
 
+def write_json(path: str, data: Dict[str, object]) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename): readers see the old or the new, whole."""
+    temp = f"{path}.tmp.{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
 def save(record: Dict[str, object]) -> str:
     """Write the lease atomically (temp file + rename) and return its path."""
     os.makedirs(lease_dir(), mode=0o700, exist_ok=True)
     path = path_of(record)
-    temp = f"{path}.tmp.{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    write_json(path, record)
     return path
 
 

@@ -346,15 +346,50 @@ def _check_room(root: str, image: str, min_free_bytes: int, grow_bytes: int) -> 
         )
 
 
-def _copy_image(source: str, image: str) -> None:
+def _copy_image(source: str, image: str, where: str = "pibake_work_dir") -> None:
     os.makedirs(os.path.dirname(image), exist_ok=True)
     proc = run(["cp", "--sparse=always", "--reflink=auto", source, image], check=False)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()
         raise PibakeError(
-            f"Copying the base image to {image} failed ({tail[-1] if tail else proc.returncode}); free space in "
-            f"{os.path.dirname(os.path.dirname(image))} or point pibake_work_dir elsewhere."
+            f"Copying {source} to {image} failed ({tail[-1] if tail else proc.returncode}); free space in "
+            f"{os.path.dirname(os.path.dirname(image))} or point {where} elsewhere."
         )
+
+
+def copy_attached(lease_path: str, dest: str) -> None:
+    """Copy an attached image, as it would be after a detach, to ``dest`` (a snapshot), leaving it attached.
+
+    Between roles nothing runs in the chroot: the build's guards (policy-rc.d, resolv.conf) are put back as detach
+    would, the root filesystem is frozen (consistent on disk, clean journal) while the image file is copied
+    sparse, then thawed and the guards reinstalled; the staged boot files are written into the copy's FAT with
+    the detach's write-back.
+    """
+    with _lease.locked(lease_path):
+        record = _lease.load(lease_path)
+        if record is None or record.get("kind") != "image" or record.get("state") != "attached":
+            raise PibakeError(f"No attached image session at {lease_path}; a snapshot is taken only while attached.")
+        root = str(record["root"])
+        live = {path: _snapshot_file(_inside(root, path)) for path in (POLICY_RC_D, RESOLV_CONF)}
+        _restore_guards(record, root)
+        try:
+            os.sync()
+            frozen = run(["fsfreeze", "--freeze", root], check=False).returncode == 0
+            try:
+                if not frozen:  # no freeze support: still consistent, the mount replays the journal on attach
+                    run(["sync", "-f", root], check=False)
+                _copy_image(str(record["image"]), dest, where="pibake_cache_dir")
+            finally:
+                if frozen:
+                    run(["fsfreeze", "--unfreeze", root], check=False)
+        finally:
+            for path, saved in live.items():
+                _restore_file(_inside(root, path), saved)
+        if record.get("boot_mode") == "mtools" and record.get("boot_stage"):
+            _fatstage.write_back(
+                dest, int(record["boot_offset"]), int(record["boot_size"]), str(record["boot_stage"]),
+                record["fat"],  # type: ignore[arg-type]
+            )
 
 
 def attach_dir(
@@ -469,6 +504,9 @@ def reap(lease_path: str) -> bool:
         if record is None:
             return False
         root = str(record.get("root") or "")
+        if root and _mounts.is_mountpoint(root):
+            # A build killed while a snapshot was being taken leaves the root frozen; nothing unmounts then.
+            run(["fsfreeze", "--unfreeze", root], check=False)
         if root:
             kill_processes_in_root(root)
             try:

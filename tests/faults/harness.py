@@ -246,7 +246,7 @@ class FaultEnv:
         base = {"pibake_base_image": {"type": "url", "url": self.base_url, "sha256": self.base_sha256}}
         argv = [PLAYBOOK_BIN, "playbooks/build-image.yml", "-i", inventory, "-e", "variant=dev",
                 "-e", "version=faults", "-e", json.dumps(base), "-e", f"pibake_work_dir={self.path('work')}",
-                "-e", f"pibake_deploy_dir={self.path('deploy')}", "-e", "pibake_grow=16M"]
+                "-e", f"pibake_deploy_dir={self.path('deploy')}", "-e", "pibake_grow=16M", "-e", "pibake_cache=off"]
         if roles:
             argv += ["-e", '{"pibake_roles": ["pibake_test_busy"]}', "-e", "pibake_test_busy_seconds=1"]
         return argv + self.finalize_args() + list(extra)

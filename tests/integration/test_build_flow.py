@@ -28,7 +28,7 @@ def build(tmp_path, *extra):
          "-e", "variant=dev", "-e", "version=1.2.3",
          "-e", '{"pibake_base_image": {"type": "path", "path": "%s"}}' % base,
          "-e", f"pibake_work_dir={tmp_path / 'work'}", "-e", f"pibake_deploy_dir={tmp_path / 'deploy'}",
-         "-e", "pibake_grow=16M", *extra],
+         "-e", "pibake_grow=16M", "-e", "pibake_cache=off", *extra],
         cwd=REPO, env=env, capture_output=True, text=True,
     )
 

@@ -50,7 +50,7 @@ def run_build(profile: str, *extra: str, deploy: str = "") -> Build:
          f"inventories/{profile}", "-e", "variant=dev", "-e", "version=e2e", "-e", f"pibake_deploy_dir={deploy}",
          # The shrunk raw image too: the slow tests attach it and boot it.
          "-e", "pibake_deploy_raw_image=true",
-         "-e", f"pibake_work_dir={os.path.join(OUTPUT, profile, 'work')}", *extra],
+         "-e", f"pibake_work_dir={os.path.join(OUTPUT, profile, 'work')}", "-e", "pibake_cache=off", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     seconds = time.monotonic() - start
