@@ -19,9 +19,13 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: help deps venv setup build test lint docs unit integration molecule faults e2e boot device clean distclean
 
 help:
-	@echo "make build    install dependencies and build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
-	@echo "make test     run every check CI runs"
+	@echo "make setup    install the host packages (bindep.txt) and the Python tools into .venv/; builds nothing"
+	@echo "make build    make setup, then build the default image (PROFILE=$(PROFILE) VARIANT=$(VARIANT) VERSION=$(VERSION))"
+	@echo "make test     run every check CI runs (stages: lint unit integration molecule faults ecosystem e2e boot)"
+	@echo "make boot     the boot stage only: boot the e2e test builds in QEMU and check them over SSH"
+	@echo "make device   apply the roles over SSH to the booted CubeOS test VM, twice (~30 min; not part of make test)"
 	@echo "make clean    tear down anything a killed build left attached or mounted"
+	@echo "The tools land in .venv/bin: run 'source .venv/bin/activate' or prefix commands with .venv/bin/"
 
 deps:
 	@tools/install-deps.sh

@@ -289,7 +289,8 @@ def flash(image: str, device: str, confirm: bool = False, new_disk_id: bool = Fa
           **kwargs) -> RunResult:
     """Write an image to a whole disk; without ``confirm`` only check the disk and say what would happen."""
     variables: Dict[str, Any] = {
-        "image": os.path.abspath(image) if image else image,
+        # a local file is made absolute; anything else (an OCI reference) goes through as given
+        "image": os.path.abspath(image) if image and os.path.exists(image) else image,
         "device": device,
         "flash_confirm": bool(confirm),
         "flash_new_disk_id": bool(new_disk_id),
