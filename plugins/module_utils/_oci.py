@@ -405,6 +405,9 @@ def publish(deploy_dir: str, settings: RegistrySettings, repository: str, tag: s
     files = deploy_files(deploy_dir)
     plan = Plan(deploy_dir, build_annotations(deploy_dir, files, annotations, annotation_defaults), platforms,
                 with_image="image" in forms)
+    # What a pull would refuse must never be pushed: check the release's own checksum files first (the files are
+    # hashed for the plan anyway).
+    verify_checksum_files(deploy_dir, known={name: source.digest for name, source in plan.sources.items()})
     hashed = time.monotonic()
 
     client = RegistryClient(settings, base.registry, progress=progress)

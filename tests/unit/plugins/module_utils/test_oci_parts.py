@@ -185,6 +185,16 @@ def test_checksum_files_are_verified(tmp_path):
     assert "does not match its checksum" in str(err.value)
 
 
+def test_publish_refuses_files_that_disagree_with_their_checksums_before_contacting_the_registry(tmp_path):
+    deploy = _deploy(tmp_path)
+    with open(os.path.join(deploy, "os.img.xz"), "ab") as fh:
+        fh.write(b"!")
+    settings = RegistrySettings(registry="127.0.0.1:9", namespace="team")  # nothing listens: must not be reached
+    with pytest.raises(PibakeError) as err:
+        _oci.publish(deploy, settings, "os", "1.0")
+    assert "os.img.xz does not match its checksum in os.img.xz.sha256" in str(err.value)
+
+
 # -- mirror planning ----------------------------------------------------------------------------------------------
 def test_mirror_plan_names():
     settings = RegistrySettings(registry="mirror.local:5000", namespace="mirror")
