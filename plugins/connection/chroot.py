@@ -118,6 +118,29 @@ options:
         key: chroot_persistent
     vars:
       - name: pibake_chroot_persistent
+  pibake_chroot_host_commands:
+    description:
+      - Do the housekeeping shell commands of Ansible's action plugins on the build host instead of starting the
+        image's shell for each (creating and removing the remote temporary directory, C(chmod) of the files put
+        there, C(~user) expansion and C(test -e)). Under qemu-user each of them otherwise costs a shell start
+        (0.1 to 0.3 s), several per C(copy) or C(template) task.
+      - The C(stat) those action plugins run internally on their destination (C(ActionBase._execute_remote_stat),
+        before C(copy), C(template), C(fetch), C(assemble), C(unarchive)) is answered on the build host too, with the
+        result the module would print; a C(stat) task of a playbook always runs the module.
+      - Only the exact commands ansible-core's C(sh) shell plugin builds are done this way, as root, with image
+        paths resolved as the image sees them; anything else (C(become) wrappers, other modes, paths the shell
+        would expand), and anything the build host cannot do exactly as the image's tools would (an error, users
+        the image resolves through something other than its files, file attributes other than C(e)), runs in the
+        image as before, so error messages still come from the image's own tools.
+    type: boolean
+    default: true
+    env:
+      - name: PIBAKE_CHROOT_HOST_COMMANDS
+    ini:
+      - section: pibake
+        key: chroot_host_commands
+    vars:
+      - name: pibake_chroot_host_commands
   pibake_chroot_persistent_idle:
     description:
       - Seconds without a task after which the persistent interpreter stops (the next task starts a new one).
@@ -167,7 +190,7 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.release import __version__ as ANSIBLE_VERSION
 from ansible.utils.display import Display
 
-from ansible_collections.pibake.image.plugins.module_utils import _forkserver
+from ansible_collections.pibake.image.plugins.module_utils import _chroot_shell, _chroot_stat, _forkserver
 
 from ansible_collections.pibake.image.plugins.module_utils._chroot_paths import (
     executable_in_root,
@@ -292,6 +315,10 @@ class Connection(ConnectionBase):
                 "The pibake.image.chroot connection needs root on the build host to chroot; run Ansible as root."
             )
         root = self._root()
+        if self.get_option("pibake_chroot_host_commands"):
+            result = self._on_host(root, to_text(cmd), in_data)
+            if result is not None:
+                return result
         if in_data and self.get_option("pibake_chroot_persistent"):
             result = self._exec_persistent(root, to_text(cmd), in_data)
             if result is not None:
@@ -315,6 +342,45 @@ class Connection(ConnectionBase):
         stdout, stderr = proc.communicate(in_data)
         self._raise_for_chroot_failure(proc.returncode, stderr, root)
         return proc.returncode, stdout, stderr
+
+    def _on_host(self, root: str, cmd: str, in_data: t.Optional[bytes]) -> t.Optional[tuple]:
+        """Do a housekeeping command or answer the internal stat on the build host; None: run it in the image."""
+        try:
+            return self._stat_on_host(root, cmd, in_data) if in_data else self._exec_on_host(root, cmd)
+        except Exception as err:  # never fail what the image can do (each of these may safely run again)
+            display.vvv(f"not done on the build host: {err!r}", host=root)
+            return None
+
+    def _exec_on_host(self, root: str, cmd: str) -> t.Optional[tuple]:
+        """Do one of Ansible's housekeeping shell commands on the build host; None means: run it in the image."""
+        op = _chroot_shell.parse(cmd)
+        if op is None or op.shell != self.get_option("executable"):
+            return None
+        result = _chroot_shell.run(root, op, build_env(self.get_option("pibake_chroot_env")))
+        if result is None:
+            display.vvv(f"{op.kind} not done on the build host, running it in the image", host=root)
+            return None
+        display.vvv(f"EXEC {cmd} (done on the build host: {op.kind})", host=root)
+        return result
+
+    def _stat_on_host(self, root: str, cmd: str, in_data: bytes) -> t.Optional[tuple]:
+        """Answer the stat Ansible's action plugins run internally on the build host; None: run the module."""
+        if not _forkserver.supported_ansible(ANSIBLE_VERSION):
+            return None
+        parsed = _forkserver.parse_module_command(cmd)
+        if parsed is None:
+            return None
+        request = _chroot_stat.parse(_chroot_stat.payload_call(in_data))
+        if request is None:
+            return None
+        env = build_env(self.get_option("pibake_chroot_env"))
+        env.update(parsed[1])
+        stdout = _chroot_stat.run(root, request, env)
+        if stdout is None:
+            display.vvv(f"stat of {request.path} not answered on the build host, running the module", host=root)
+            return None
+        display.vvv(f"EXEC {parsed[2]} ansible.modules.stat {request.path} (answered on the build host)", host=root)
+        return 0, stdout, b""
 
     def _exec_persistent(self, root: str, cmd: str, in_data: bytes) -> t.Optional[tuple]:
         """Run a pipelined module through the persistent interpreter; None means: run it the plain way."""

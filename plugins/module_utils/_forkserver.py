@@ -74,13 +74,8 @@ def supported_ansible(version: str) -> bool:
     return re.match(r"2\.19\.\d", version or "") is not None
 
 
-def parse_module_command(cmd: str) -> Optional[Tuple[str, Dict[str, str], str]]:
-    """``(shell, env, interpreter)`` when ``cmd`` is exactly a pipelined module run, else None.
-
-    The form is what Ansible builds for a pipelined Python module with the default executable:
-    ``<shell> -c '[K=V ...] <python> && sleep 0'``. Anything else (raw, scripts, become wrappers, async, a ``cd``)
-    is refused, and so is any word the shell would not take literally.
-    """
+def split_shell_command(cmd: str) -> Optional[Tuple[str, str]]:
+    """``(shell, script)`` when ``cmd`` is exactly ``<absolute shell> -c <one quoted script>``, else None."""
     try:
         words = shlex.split(cmd)
     except ValueError:
@@ -89,7 +84,20 @@ def parse_module_command(cmd: str) -> Optional[Tuple[str, Dict[str, str], str]]:
         return None
     if cmd != f"{words[0]} -c {shlex.quote(words[2])}" or shlex.quote(words[0]) != words[0]:
         return None
-    shell, inner = words[0], words[2]
+    return words[0], words[2]
+
+
+def parse_module_command(cmd: str) -> Optional[Tuple[str, Dict[str, str], str]]:
+    """``(shell, env, interpreter)`` when ``cmd`` is exactly a pipelined module run, else None.
+
+    The form is what Ansible builds for a pipelined Python module with the default executable:
+    ``<shell> -c '[K=V ...] <python> && sleep 0'``. Anything else (raw, scripts, become wrappers, async, a ``cd``)
+    is refused, and so is any word the shell would not take literally.
+    """
+    split = split_shell_command(cmd)
+    if split is None:
+        return None
+    shell, inner = split
     try:
         parts = shlex.split(inner)
     except ValueError:

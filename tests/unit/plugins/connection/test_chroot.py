@@ -395,3 +395,94 @@ def test_reset_stops_this_runs_servers(root):
     with mock.patch(f"{FORKSERVER}.stop_servers", return_value=1) as stop:
         conn.reset()
     stop.assert_called_once_with(root=os.path.realpath(root), owner_pid=os.getpid())
+
+
+# -- housekeeping commands and the internal stat, on the build host -------------------------------------------------
+
+MKDTEMP = ("/bin/sh -c '( umask 77 && mkdir -p \"` echo /run/pibake-ansible-tmp `\"&& mkdir \"` echo "
+           "/run/pibake-ansible-tmp/ansible-tmp-1-2-3 `\" && echo ansible-tmp-1-2-3=\"` echo "
+           "/run/pibake-ansible-tmp/ansible-tmp-1-2-3 `\" ) && sleep 0'")
+
+
+def test_housekeeping_commands_run_on_the_build_host(root, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    conn = make_connection(ansible_host=str(root))
+    assert conn.get_option("pibake_chroot_host_commands") is True
+    popen = _fake_popen()
+    with mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(MKDTEMP) == (
+            0, b"ansible-tmp-1-2-3=/run/pibake-ansible-tmp/ansible-tmp-1-2-3\n", b"")
+        assert (root / "run/pibake-ansible-tmp/ansible-tmp-1-2-3").is_dir()
+        assert conn.exec_command("/bin/sh -c 'echo ~ && sleep 0'") == (0, b"/root\n", b"")
+        assert conn.exec_command(
+            "/bin/sh -c 'rm -f -r /run/pibake-ansible-tmp/ansible-tmp-1-2-3/ > /dev/null 2>&1 && sleep 0'"
+        ) == (0, b"", b"")
+    popen.assert_not_called()
+    assert not (root / "run/pibake-ansible-tmp/ansible-tmp-1-2-3").exists()
+
+
+@pytest.mark.parametrize("case", ["off", "other-shell", "cannot", "become"])
+def test_housekeeping_commands_otherwise_run_in_the_image(root, monkeypatch, case):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    options = {"ansible_host": str(root)}
+    cmd = MKDTEMP
+    if case == "off":
+        options["pibake_chroot_host_commands"] = False
+    elif case == "other-shell":
+        options["ansible_shell_executable"] = "/bin/env"  # exists in the fixture root; the command says /bin/sh
+    elif case == "cannot":
+        cmd = "/bin/sh -c 'chmod u+rwx /run/missing && sleep 0'"
+    else:
+        cmd = "/bin/sh -c 'sudo -H -S -n -u pi /bin/sh -c '\"'\"'echo BECOME-SUCCESS'\"'\"' && sleep 0'"
+    conn = make_connection(**options)
+    popen = _fake_popen(0, b"image", b"")
+    with mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(cmd) == (0, b"image", b"")
+    popen.assert_called_once()
+
+
+def stat_payload(path, **extra):
+    args = {"path": path, "follow": False, "get_checksum": True, "get_size": False, "checksum_algorithm": "sha1",
+            "_ansible_no_log": False, "_ansible_ignore_unknown_opts": True, **extra}
+    literal = repr(__import__("json").dumps({"ANSIBLE_MODULE_ARGS": args}))
+    return fake_payload("ansible.modules.stat").replace(b"extensions={},\n", f"params={literal},\nextensions={{}},\n"
+                                                        .encode())
+
+
+def test_the_internal_stat_is_answered_on_the_build_host(root, monkeypatch):
+    import json
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    conn = make_connection(ansible_host=str(root))
+    run = mock.MagicMock(return_value=None)
+    popen = _fake_popen()
+    with mock.patch(f"{FORKSERVER}.run", run), mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        rc, out, err = conn.exec_command("/bin/sh -c '/usr/bin/python3 && sleep 0'",
+                                         in_data=stat_payload("/etc/shadow"))
+    run.assert_not_called()
+    popen.assert_not_called()
+    result = json.loads(out)["stat"]
+    assert (rc, err) == (0, b"")
+    assert result["isreg"] and result["checksum"] == __import__("hashlib").sha1(b"image shadow\n").hexdigest()
+
+
+@pytest.mark.parametrize("case", ["off", "user-task", "become"])
+def test_any_other_stat_runs_the_module(root, monkeypatch, case):
+    from ansible_collections.pibake.image.plugins.module_utils import _forkserver
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    options = {"ansible_host": str(root)}
+    cmd, in_data = "/bin/sh -c '/usr/bin/python3 && sleep 0'", stat_payload("/etc/shadow")
+    if case == "off":
+        options["pibake_chroot_host_commands"] = False
+    elif case == "user-task":
+        in_data = stat_payload("/etc/shadow", _ansible_ignore_unknown_opts=False)
+    else:
+        cmd = "/bin/sh -c 'sudo -H -S -n -u pi /bin/sh -c '\"'\"'/usr/bin/python3'\"'\"' && sleep 0'"
+    conn = make_connection(**options)
+    run = mock.MagicMock(return_value=_forkserver.Result(0, b"module", b""))
+    popen = _fake_popen(0, b"module", b"")
+    with mock.patch(f"{FORKSERVER}.run", run), mock.patch(f"{PLUGIN}.subprocess.Popen", popen):
+        assert conn.exec_command(cmd, in_data=in_data) == (0, b"module", b"")
