@@ -120,7 +120,12 @@ for stage in $STAGES; do
 done
 printf '  %-12s %5s s\n' "wall time" "$(( $(date +%s) - run_start ))"
 # Nothing of ours may stay attached or mounted after the tests.
-leaks=$(losetup -a | grep -E '/(build|pytest-of-root|molecule|tests/output|pibake-e2e-pytest|pibake-boot-pytest)/' || true)
+# A build stopped just now (Ctrl-C, a failed stage) is still being torn down by its guard: give it a moment.
+for _ in $(seq 30); do
+  leaks=$(losetup -a | grep -E '/(build|pytest-of-root|molecule|tests/output|pibake-e2e-pytest|pibake-boot-pytest)/' || true)
+  [ -z "$leaks" ] && break
+  sleep 2
+done
 if [ -n "$leaks" ]; then
   echo "make test: loop devices left attached:"; echo "$leaks"; failed=${failed:-leak-check}
 fi
