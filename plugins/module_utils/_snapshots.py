@@ -131,8 +131,9 @@ class Store:
                 record["last_used"] = time.time()
                 self._write_record(record)
 
-    def deepest(self, keys: Sequence[Optional[str]]) -> int:
-        """Index of the deepest role whose snapshot exists, or -1. Marks it and its ancestors as used.
+    def deepest(self, keys: Sequence[Optional[str]], mark_used: bool = True) -> int:
+        """Index of the deepest role whose snapshot exists, or -1. Marks it and its ancestors as used (unless
+        ``mark_used`` is false: check mode).
 
         Writes nothing where there is nothing to find (no key, no snapshots folder): a build with the cache off
         leaves the disk as it was.
@@ -144,7 +145,7 @@ class Store:
             for index, key in enumerate(keys):
                 if key is not None and self.load(key) is not None:
                     found = index
-        for key in keys[:found + 1]:
+        for key in keys[:found + 1] if mark_used else ():
             if key is not None:
                 self.touch(key)
         return found
@@ -241,11 +242,12 @@ def _mtime(path: str) -> float:
 
 
 
-def plan(store: Store, role_names: Sequence[str], keys: Sequence[Optional[str]]) -> Dict[str, object]:
+def plan(store: Store, role_names: Sequence[str], keys: Sequence[Optional[str]],
+         mark_used: bool = True) -> Dict[str, object]:
     """Which snapshot to start from and which roles still run."""
     if len(role_names) != len(keys):
         raise PibakeError("The snapshot plan needs one key per role; this is a bug in pibake, please report it.")
-    index = store.deepest(keys)
+    index = store.deepest(keys, mark_used=mark_used)
     return {
         "restore": store.image(str(keys[index])) if index >= 0 else "",
         "restore_key": keys[index] if index >= 0 else "",

@@ -74,8 +74,8 @@ options:
     default: 20G
 attributes:
   check_mode:
-    support: none
-    description: Snapshots are not simulated.
+    support: full
+    description: C(state=planned) only reads the cache (no use is recorded); C(state=saved) saves nothing.
   diff_mode:
     support: none
     description: Nothing to diff.
@@ -193,11 +193,11 @@ def save(params):
     )
 
 
-def planned(params):
+def planned(params, check_mode=False):
     roles = params["roles"] or []
     keys = params["keys"] if params["keys"] is not None else [""] * len(roles)
     store = _snapshots.Store(params["cache_dir"])
-    result = _snapshots.plan(store, roles, [key or None for key in keys])
+    result = _snapshots.plan(store, roles, [key or None for key in keys], mark_used=not check_mode)
     running = [role["name"] for role in result["remaining"]]
     if result["restored"]:
         msg = (f"Snapshot cache: roles restored from the cache: {', '.join(result['restored'])} "
@@ -225,14 +225,16 @@ def main():
             role=dict(type="str"),
             max_size=dict(type="str", default="20G"),
         ),
-        supports_check_mode=False,
+        supports_check_mode=True,
     )
     if IMPORT_ERROR:
         module.fail_json(msg="pibake.image module utilities failed to import.", exception=IMPORT_ERROR)
     try:
         if module.params["state"] == "saved":
+            if module.check_mode:
+                module.exit_json(changed=True, msg="check mode: no snapshot saved", key=module.params["key"])
             module.exit_json(**save(module.params))
-        module.exit_json(**planned(module.params))
+        module.exit_json(**planned(module.params, check_mode=module.check_mode))
     except PibakeError as err:
         module.fail_json(msg=str(err))
 

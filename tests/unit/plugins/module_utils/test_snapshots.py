@@ -108,6 +108,17 @@ def test_a_lookup_marks_the_snapshot_used(tmp_path):
     assert [record["key"] for record in store.entries()] == ["new", "old"]
 
 
+def test_a_check_mode_plan_finds_the_snapshot_without_marking_it_used(tmp_path):
+    store = _snapshots.Store(str(tmp_path))
+    save(store, "old")
+    save(store, "new")
+    before = {record["key"]: record["last_used"] for record in store.entries()}
+    time.sleep(0.01)
+    plan = _snapshots.plan(store, ["a"], ["old"], mark_used=False)
+    assert plan["restored"] == ["a"]
+    assert {record["key"]: record["last_used"] for record in store.entries()} == before
+
+
 def test_eviction_removes_least_recently_used_until_under_the_limit(tmp_path):
     store = _snapshots.Store(str(tmp_path))
     for key in ("a", "b", "c", "d"):
