@@ -207,6 +207,7 @@ class Store:
         with self.locked():
             self.sweep()
             entries = self.entries()
+
             # A kept snapshot goes last, unless it alone is over the limit: then first, sparing the others.
             def order(record):
                 if record["key"] not in keep:
@@ -239,7 +240,6 @@ def _mtime(path: str) -> float:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
-
 
 
 def plan(store: Store, role_names: Sequence[str], keys: Sequence[Optional[str]],

@@ -54,8 +54,8 @@ def in_image(root, cmd: str):
     """Run ``cmd`` (a wrapped command) in a real chroot, as the connection's plain path does."""
     words = shlex.split(cmd)
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    proc = subprocess.run([chroot, str(root), *words], capture_output=True, env={"PATH": "/usr/bin:/bin",
-                                                                                 "HOME": "/root"})
+    proc = subprocess.run([chroot, str(root), *words], capture_output=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/root"})
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -108,8 +108,8 @@ def tree(tmp_path):
 def test_same_answer_as_the_stat_module(tree, monkeypatch, name, follow):
     path = str(tree / name) if name else "/"
     real_find = cst._find_tool
-    monkeypatch.setattr(cst, "_find_tool", lambda root, tool, env: None if tool == "file" else real_find(root, tool,
-                                                                                                          env))
+    monkeypatch.setattr(cst, "_find_tool",
+                        lambda root, tool, env: None if tool == "file" else real_find(root, tool, env))
     request = cst.parse(("ansible.modules.stat", params(path=path, follow=follow)))
     mine = cst.run("/", request, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     theirs = real_module(path, follow, True)
