@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Dict, List
+from typing import Dict, List, Set
 
 from ansible_collections.pibake.image.plugins.module_utils import _daemon, _lease, _session
 
@@ -48,6 +48,50 @@ def descendants(pid: int) -> Dict[int, object]:
     return found
 
 
+def _session_id(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def forked_orphans(owner_cmdline: str, owner_start: object, spare: Set[int]) -> Dict[int, object]:
+    """The workers a dead owner forked, found after the fact, with everything below them.
+
+    The guard learns the owner's tree by polling, so a worker forked in the last interval before the kill is not
+    in it. Ansible's workers are forks (same command line as the owner, started after it) that made a session of
+    their own; once the owner is dead their parent is init or a subreaper, never a process with that command
+    line. ``spare``: pids never to count (owners of live sessions).
+    """
+    if not owner_cmdline or owner_start is None:
+        return {}
+    found: Dict[int, object] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in spare or int(name) == os.getpid():
+            continue
+        pid = int(name)
+        start = _lease.process_start_time(pid)
+        if start is None or int(start) < int(str(owner_start)) or _session_id(pid) != pid:
+            continue
+        if _lease.command_line(pid) != owner_cmdline:
+            continue
+        if _lease.command_line(_lease.parent_pid(pid)) == owner_cmdline:
+            continue  # a worker of a live run with the same command line
+        found[pid] = start
+        found.update(descendants(pid))
+    return found
+
+
+def _live_owners() -> Set[int]:
+    owners = set()
+    for path in _lease.all_leases():
+        record = _lease.load(path)
+        if record is not None and _lease.owner_alive(record):
+            owners.add(int(record.get("owner_pid") or 0))
+    return owners
+
+
 def stop_orphans(known: Dict[int, object], grace: float = 5.0) -> List[int]:
     """SIGTERM, then SIGKILL, the remembered descendants of a dead owner that still run.
 
@@ -72,12 +116,14 @@ def stop_orphans(known: Dict[int, object], grace: float = 5.0) -> List[int]:
 
 def _watch(lease_path: str) -> None:
     workers: Dict[int, object] = {}
+    owner_cmdline = ""
     while True:
         record = _lease.load(lease_path)
         if record is None and not os.path.exists(lease_path):
             return
         if record is not None and not _lease.owner_alive(record):
             _daemon.log(f"owner {record.get('owner_pid')} of {record.get('id')} is gone; reaping")
+            workers.update(forked_orphans(owner_cmdline, record.get("owner_start"), _live_owners()))
             stopped = stop_orphans(workers)
             if stopped:
                 _daemon.log(f"stopped the owner's remaining workers {stopped}")
@@ -86,6 +132,7 @@ def _watch(lease_path: str) -> None:
         if record is not None and int(record.get("owner_pid") or 0) > 0:
             # Remember the owner's process tree while it lives: once it dies, its workers are re-parented.
             workers.update(descendants(int(record["owner_pid"])))
+            owner_cmdline = owner_cmdline or _lease.command_line(int(record["owner_pid"]))
         time.sleep(POLL_SECONDS)
 
 

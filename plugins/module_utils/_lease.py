@@ -37,7 +37,7 @@ def process_start_time(pid: int) -> Optional[str]:
     return fields[19] if len(fields) > 19 else None
 
 
-def _parent_pid(pid: int) -> int:
+def parent_pid(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
             stat = handle.read()
@@ -46,7 +46,7 @@ def _parent_pid(pid: int) -> int:
     return int(stat[stat.rfind(")") + 2:].split()[1])
 
 
-def _cmdline(pid: int) -> str:
+def command_line(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
@@ -63,10 +63,10 @@ def find_owner_pid(start: Optional[int] = None) -> int:
     pid = start or os.getpid()
     owner = 0
     while pid > 1:
-        words = _cmdline(pid).split()
+        words = command_line(pid).split()
         if any(os.path.basename(word).startswith(("ansible-playbook", "ansible")) for word in words[:3]):
             owner = pid
-        pid = _parent_pid(pid)
+        pid = parent_pid(pid)
     return owner or os.getppid()
 
 

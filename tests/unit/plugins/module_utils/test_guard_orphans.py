@@ -45,3 +45,59 @@ def test_a_reused_pid_is_left_alone():
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# A parent that forks a worker (same command line) into a session of its own, as ansible-core's workers are,
+# prints its pid, then waits.
+FORKING_OWNER = r"""
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    time.sleep(300)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _wait_gone(pid: int) -> bool:
+    deadline = time.time() + 5
+    while time.time() < deadline and _guard._lease.process_start_time(pid) is not None:
+        time.sleep(0.1)
+    return _guard._lease.process_start_time(pid) is None
+
+
+def test_a_worker_forked_after_the_last_poll_is_found_by_its_command_line():
+    owner = subprocess.Popen([sys.executable, "-c", FORKING_OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(owner.stdout.readline())
+        cmdline = _guard._lease.command_line(owner.pid)
+        start = _guard._lease.process_start_time(owner.pid)
+        # While the owner lives, its worker is not an orphan.
+        assert worker not in _guard.forked_orphans(cmdline, start, spare=set())
+        owner.kill()
+        owner.wait()
+        time.sleep(0.2)
+        found = _guard.forked_orphans(cmdline, start, spare=set())
+        assert list(found) == [worker]
+        assert _guard.forked_orphans(cmdline, start, spare={worker}) == {}
+        assert _guard.stop_orphans(found, grace=2.0) == [worker]
+        assert _wait_gone(worker)
+    finally:
+        owner.kill()
+
+
+def test_processes_started_before_the_owner_are_never_counted():
+    owner = subprocess.Popen([sys.executable, "-c", FORKING_OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(owner.stdout.readline())
+        cmdline = _guard._lease.command_line(owner.pid)
+        owner.kill()
+        owner.wait()
+        later = str(int(_guard._lease.process_start_time(worker)) + 10**6)
+        assert _guard.forked_orphans(cmdline, later, spare=set()) == {}
+        _guard.stop_orphans({worker: _guard._lease.process_start_time(worker)}, grace=2.0)
+        assert _wait_gone(worker)
+    finally:
+        owner.kill()
