@@ -340,9 +340,18 @@ def pull_oci(reference: str, dest: str, report: Reporter = _quiet) -> str:
         found += [os.path.join(base, name) for name in sorted(files) if IMAGE_NAME.search(name)]
     if not found:
         raise PibakeError(f"The artifact {reference} holds no .img, .img.xz or .img.zst file; check that it is a pibake OS artifact.")
-    if len(found) > 1:
+    return choose_image(reference, found)
+
+
+def choose_image(reference: str, found: List[str]) -> str:
+    """The one image of a release; one image in several forms (raw next to compressed) gives the raw one.
+
+    The raw ``.img`` writes fastest (nothing to decompress) and is the same bytes the compressed one holds.
+    """
+    stems = {IMAGE_NAME.sub("", os.path.basename(path)) for path in found}
+    if len(stems) > 1:
         raise PibakeError(f"The artifact {reference} holds several images ({', '.join(map(os.path.basename, found))}); pull it and pass the one to flash.")
-    return found[0]
+    return sorted(found, key=lambda path: len(os.path.basename(path)))[0]
 
 
 def open_source(image: str, bmap: Optional[str] = None, use_bmap: bool = True, pull_dir: Optional[str] = None,

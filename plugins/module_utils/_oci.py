@@ -43,6 +43,7 @@ from ansible_collections.pibake.image.plugins.module_utils._oci_blob import (
 from ansible_collections.pibake.image.plugins.module_utils._oci_client import (
     MIB, BlobReader, Progress, RegistryClient)
 from ansible_collections.pibake.image.plugins.module_utils._oci_ref import Reference, RegistrySettings
+from ansible_collections.pibake.image.plugins.module_utils._sparse import write_sparse
 
 try:  # the build's own os.info parser; a plain KEY=VALUE reader below stands in when it is absent
     from ansible_collections.pibake.image.plugins.module_utils._release_info import parse as parse_release
@@ -144,6 +145,27 @@ def deploy_files(deploy_dir: str) -> List[Tuple[str, str]]:
     if not files:
         raise PibakeError(f"Deploy folder {deploy_dir} holds no files; build an image first.")
     return files
+
+
+# Files every release carries besides those named after its image (<stem>.*).
+RELEASE_SHARED_FILES = ("os.info", "build.log", "rpi-imager.json", "os_list_local.json", "sha256sums")
+
+
+def release_files(deploy_dir: str) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """The files of the release ``os.info`` describes, and the names of the other files left out.
+
+    A deploy folder is shared by builds (as pi-gen's is): after building two profiles it holds both images but
+    only the last build's os.info, build.log and manifests. Publishing it whole would ship a release whose
+    metadata describes one image of two. The release is the image os.info names (``IMAGE``), the files named
+    after it (``<stem>.*``) and the shared release files; without an ``IMAGE`` present, every file is.
+    """
+    files = deploy_files(deploy_dir)
+    image = os.path.basename(read_os_info(os.path.join(deploy_dir, "os.info")).get("IMAGE", ""))
+    if ".img" not in image or image not in {entry for entry, dummy_path in files}:
+        return files, []
+    stem = image[:image.index(".img")]
+    kept = [(entry, path) for entry, path in files if entry.startswith(f"{stem}.") or entry in RELEASE_SHARED_FILES]
+    return kept, sorted({entry for entry, dummy_path in files} - {entry for entry, dummy_path in kept})
 
 
 def read_os_info(path: str) -> Dict[str, str]:
@@ -280,9 +302,9 @@ def _platform(text: str) -> Dict[str, str]:
 class Plan:
     """Everything publish() sends, computed before any network access (digests included)."""
 
-    def __init__(self, deploy_dir: str, annotations: Mapping[str, str], platforms: Sequence[str],
+    def __init__(self, files: List[Tuple[str, str]], annotations: Mapping[str, str], platforms: Sequence[str],
                  with_image: bool = True):
-        self.files = deploy_files(deploy_dir)
+        self.files = files
         self.annotations = dict(annotations)
         created = self.annotations["org.opencontainers.image.created"]
         self.sources: Dict[str, BlobSource] = {name: file_source(path) for name, path in self.files}
@@ -402,12 +424,13 @@ def publish(deploy_dir: str, settings: RegistrySettings, repository: str, tag: s
             raise PibakeError(f"Tag {extra!r} ends with {artifact_suffix!r}, which names the artifact form; "
                               "choose another tag.")
     deploy_dir = os.path.abspath(deploy_dir)
-    files = deploy_files(deploy_dir)
-    plan = Plan(deploy_dir, build_annotations(deploy_dir, files, annotations, annotation_defaults), platforms,
+    files, left_out = release_files(deploy_dir)
+    plan = Plan(files, build_annotations(deploy_dir, files, annotations, annotation_defaults), platforms,
                 with_image="image" in forms)
     # What a pull would refuse must never be pushed: check the release's own checksum files first (the files are
     # hashed for the plan anyway).
-    verify_checksum_files(deploy_dir, known={name: source.digest for name, source in plan.sources.items()})
+    verify_checksum_files(deploy_dir, known={name: source.digest for name, source in plan.sources.items()},
+                          names=list(plan.sources))
     hashed = time.monotonic()
 
     client = RegistryClient(settings, base.registry, progress=progress)
@@ -487,6 +510,7 @@ def publish(deploy_dir: str, settings: RegistrySettings, repository: str, tag: s
         "annotations": plan.annotations,
         "files": [{"name": name, "size": plan.sources[name].size, "digest": plan.sources[name].digest,
                    "media_type": media_type_for(name)} for name, dummy_path in plan.files],
+        "left_out": left_out,
         "blobs": blobs,
         "referrers": referrers,
         "bytes_uploaded": uploaded,
@@ -632,9 +656,7 @@ def _write_stream(reader, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     digest = hashlib.sha256()
     with open(path, "wb") as out:
-        for block in iter(lambda: reader.read(4 * MIB), b""):
-            digest.update(block)
-            out.write(block)
+        write_sparse(reader, out, digest)  # a pulled raw .img keeps the holes the build left
     return "sha256:" + digest.hexdigest()
 
 
@@ -682,15 +704,17 @@ def _pull_image(client: RegistryClient, ref: Reference, manifest: dict, tmp: str
     return names
 
 
-def verify_checksum_files(folder: str, known: Optional[Mapping[str, str]] = None) -> List[str]:
+def verify_checksum_files(folder: str, known: Optional[Mapping[str, str]] = None,
+                          names: Optional[Sequence[str]] = None) -> List[str]:
     """Check every ``*.sha256`` / ``SHA256SUMS`` line whose file is in ``folder``; returns the names checked.
 
-    ``known`` maps file names to digests already computed (so big files are not read again).
+    ``known`` maps file names to digests already computed (so big files are not read again); ``names`` limits
+    the check to those files (checksum files and their targets), as publish does for one release of a folder.
     """
     known = known or {}
     checked = []
     for name in sorted(os.listdir(folder)):
-        if not is_checksums(name):
+        if not is_checksums(name) or (names is not None and name not in names):
             continue
         with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
@@ -700,7 +724,7 @@ def verify_checksum_files(folder: str, known: Optional[Mapping[str, str]] = None
                 continue
             target = os.path.basename(parts[1].lstrip("*").strip())
             path = os.path.join(folder, target)
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) or (names is not None and target not in names):
                 continue
             if (known.get(target) or _file_digest(path)) != "sha256:" + parts[0].lower():
                 raise PibakeError(

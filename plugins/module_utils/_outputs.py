@@ -11,6 +11,7 @@ import signal
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
+from ansible_collections.pibake.image.plugins.module_utils._sparse import write_sparse
 
 # Lines of a log that must never be published (belt and braces on top of no_log).
 SECRET_LINE = re.compile(r"(?i)(password|passphrase|secret|token|authorization)\s*[=:]\s*\S+")
@@ -48,17 +49,8 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _sparse_copy(reader, writer, block: int = 1 << 20) -> None:
-    zero = bytes(block)
-    while True:
-        chunk = reader.read(block)
-        if not chunk:
-            break
-        if chunk == zero[: len(chunk)]:
-            writer.seek(len(chunk), os.SEEK_CUR)
-        else:
-            writer.write(chunk)
-    writer.truncate()
+def _sparse_copy(reader, writer) -> None:
+    write_sparse(reader, writer)
     writer.flush()
     os.fsync(writer.fileno())
 

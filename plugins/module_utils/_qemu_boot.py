@@ -34,6 +34,7 @@ from ansible_collections.pibake.image.plugins.module_utils import _ext4, _qemu_g
 from ansible_collections.pibake.image.plugins.module_utils._errors import PibakeError
 from ansible_collections.pibake.image.plugins.module_utils._lease import find_owner_pid, process_start_time
 from ansible_collections.pibake.image.plugins.module_utils._partitions import parse_size, read_table, require_pi_layout
+from ansible_collections.pibake.image.plugins.module_utils._sparse import write_sparse
 from ansible_collections.pibake.image.plugins.module_utils._run import require_tools, run
 
 QEMU = "qemu-system-aarch64"
@@ -42,8 +43,6 @@ LOGIN_RE = re.compile(r"(?m)^\S+ login: ")
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*|end Kernel panic[^\r\n]*")
 EMERGENCY_RE = re.compile(r"(You are in emergency mode|Give root password for maintenance)[^\r\n]*")
 DECOMPRESSORS = {".xz": ["xz", "-dc", "-T0"], ".zst": ["zstd", "-dcq", "--long=31"], ".gz": ["gzip", "-dc"]}
-BLOCK = 64 << 10
-ZERO = bytes(BLOCK)
 SUDOERS_ADMIN = "/etc/sudoers.d/010_pibake-admin"
 HWSIM_FILES = {
     "/etc/modules-load.d/pibake-boot-test-wifi.conf": "# pibake boot test: a simulated Wi-Fi radio (wlan0)\nmac80211_hwsim\n",
@@ -82,21 +81,8 @@ def free_port() -> int:
 
 def sparse_copy_stream(stream, dest: str) -> int:
     """Write ``stream`` to ``dest`` leaving holes where whole 64 KiB blocks are zero; returns the size."""
-    size = 0
     with open(dest, "wb") as out:
-        while True:
-            chunk = stream.read(16 * BLOCK)
-            if not chunk:
-                break
-            for at in range(0, len(chunk), BLOCK):
-                block = chunk[at:at + BLOCK]
-                if block == ZERO[:len(block)]:
-                    out.seek(len(block), os.SEEK_CUR)
-                else:
-                    out.write(block)
-            size += len(chunk)
-        out.truncate(size)
-    return size
+        return write_sparse(stream, out)
 
 
 def copy_image(image: str, dest: str) -> str:

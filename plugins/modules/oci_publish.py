@@ -8,8 +8,13 @@ module: oci_publish
 short_description: Publish a deploy folder to an OCI registry as a pullable image and as an ORAS-style artifact
 version_added: 0.1.0
 description:
-  - Pushes every file at the top of O(deploy_dir) (C(os.img.xz), C(os.info), C(build.log), checksums, bmap, SBOM,
+  - Pushes the release at the top of O(deploy_dir) (C(os.img.xz), C(os.info), C(build.log), checksums, bmap, SBOM,
     Imager manifest...) in up to two forms.
+  - A deploy folder is shared by builds. When its C(os.info) names the release's image (C(IMAGE), for example
+    C(cubeos-1.0-dev.img.xz)) and that file is there, only the files of that release are pushed (those named
+    after the image (C(cubeos-1.0-dev.*)) and C(os.info), C(build.log), C(rpi-imager.json), C(os_list_local.json),
+    C(sha256sums)). The other files (another build's image) are left out, listed in RV(left_out) and in a
+    warning. Without such an C(IMAGE), every file is pushed.
   - The B(image form) is an OCI image whose single uncompressed tar layer holds C(/artifact/<file>), with a
     standard image config, so C(docker pull), C(podman pull) and C(nerdctl pull) accept it and C(docker cp)
     gets the files out. It is an image index with one manifest per entry of O(platforms), all sharing the same
@@ -176,6 +181,11 @@ files:
   returned: always
   type: list
   elements: dict
+left_out:
+  description: Files of O(deploy_dir) that belong to another build and were not pushed.
+  returned: always
+  type: list
+  elements: str
 blobs:
   description: >-
     Every blob with C(name), C(digest), C(size), C(uploaded) (bytes sent), C(skipped) (the registry had it),
@@ -268,6 +278,9 @@ def main():
     upload_seconds = sum(b["seconds"] for b in result["blobs"] if b["uploaded"])
     rate = result["bytes_uploaded"] / 1048576 / upload_seconds if upload_seconds else 0.0
     result["upload_mib_per_s"] = round(rate, 1)
+    if result["left_out"]:
+        module.warn(f"Left out of the release (another build's files in {params['deploy_dir']}): "
+                    f"{', '.join(result['left_out'])}.")
     module.exit_json(**result)
 
 

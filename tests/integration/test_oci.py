@@ -309,6 +309,24 @@ def test_corrupted_blob_is_rejected_and_nothing_is_written(fresh_registry, small
         assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []  # no partial folder left
 
 
+def test_another_builds_files_in_the_deploy_folder_are_left_out(fresh_registry, tmp_path):
+    folder = make_deploy(str(tmp_path / "deploy"), 1, seed=2)
+    for name in ("sbom.cdx.json", "os.img.bmap"):  # name them after the image, as a pibake build does
+        os.rename(os.path.join(folder, name), os.path.join(folder, "os." + name.split(".", 1)[1]))
+    with open(os.path.join(folder, "os.info"), "a", encoding="utf-8") as fh:
+        fh.write('IMAGE="os.img.xz"\n')
+    shutil.copy(os.path.join(folder, "os.img.xz"), os.path.join(folder, "older-build.img.xz"))
+    with open(os.path.join(folder, "older-build.img.xz.sha256"), "w", encoding="utf-8") as fh:
+        fh.write("0" * 64 + "  older-build.img.xz\n")  # stale: must neither stop publish nor be shipped
+    settings = settings_for(fresh_registry)
+    result = _oci.publish(folder, settings, "os", "1", state_dir=str(tmp_path / "s"))
+    assert result["left_out"] == ["older-build.img.xz", "older-build.img.xz.sha256"]
+    pulled = tmp_path / "pulled"
+    _oci.pull(settings, result["artifact"]["ref"], str(pulled))
+    assert sorted(os.listdir(pulled)) == ["build.log", "os.cdx.json", "os.img.bmap", "os.img.xz",
+                                          "os.img.xz.sha256", "os.info"]
+
+
 def test_check_mode_publish_sends_nothing(fresh_registry, small_deploy, tmp_path):
     settings = settings_for(fresh_registry)
     planned = _oci.publish(small_deploy["dir"], settings, "os", "1", state_dir=str(tmp_path), check_mode=True)

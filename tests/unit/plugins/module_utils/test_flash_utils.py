@@ -322,3 +322,11 @@ def test_image_larger_than_announced_is_caught(tmp_path):
     source = _flash.Source(str(tmp_path / "os.img"), "none", MIB, "bmap")
     with pytest.raises(PibakeError, match="more than"):
         _flash.write_image(source, dev)
+
+
+def test_one_image_in_two_forms_flashes_the_raw_one_and_two_images_are_refused():
+    raw, packed = "/dl/cubeos-1.0-dev.img", "/dl/cubeos-1.0-dev.img.xz"
+    assert _flash.choose_image("reg/os:1", [packed, raw]) == raw
+    assert _flash.choose_image("reg/os:1", [packed]) == packed
+    with pytest.raises(PibakeError, match="several images"):
+        _flash.choose_image("reg/os:1", [packed, "/dl/ourbox-mini-1.0-dev.img.xz"])

@@ -143,6 +143,32 @@ def test_deploy_files_skip_hidden_and_folders(tmp_path):
         _oci.deploy_files(str(tmp_path / "missing"))
 
 
+def test_a_shared_deploy_folder_publishes_only_the_release_os_info_names(tmp_path):
+    deploy = _deploy(tmp_path, 'NAME="cubeos-1.0-dev"\nIMAGE="cubeos-1.0-dev.img.xz"\n')
+    for name in ("cubeos-1.0-dev.img.xz", "cubeos-1.0-dev.img.xz.sha256", "cubeos-1.0-dev.bmap",
+                 "cubeos-1.0-dev.cdx.json", "rpi-imager.json"):
+        (tmp_path / "deploy" / name).write_text(name)
+    files, left_out = _oci.release_files(deploy)
+    assert [name for name, dummy_path in files] == [
+        "build.log", "cubeos-1.0-dev.bmap", "cubeos-1.0-dev.cdx.json", "cubeos-1.0-dev.img.xz",
+        "cubeos-1.0-dev.img.xz.sha256", "os.info", "rpi-imager.json"]
+    assert left_out == ["image.cdx.json", "os.img.xz", "os.img.xz.sha256"]
+    # Only the release's own checksum files are checked: another build's stale checksum does not stop publish.
+    (tmp_path / "deploy" / "os.img.xz.sha256").write_text("0" * 64 + "  os.img.xz\n")
+    with pytest.raises(PibakeError):
+        _oci.verify_checksum_files(deploy)
+    assert _oci.verify_checksum_files(deploy, names=[name for name, dummy_path in files]) == []
+
+
+def test_without_an_image_in_os_info_the_whole_folder_is_the_release(tmp_path):
+    deploy = _deploy(tmp_path)  # NAME="OurBox Mini", no IMAGE (a seed-style os.info)
+    files, left_out = _oci.release_files(deploy)
+    assert files == _oci.deploy_files(deploy) and left_out == []
+    (tmp_path / "gone").mkdir()
+    deploy = _deploy(tmp_path / "gone", 'IMAGE="cubeos-1.0-dev.img.xz"\n')  # names an image that is not there
+    assert _oci.release_files(deploy) == (_oci.deploy_files(deploy), [])
+
+
 def test_defaults_from_os_info(tmp_path):
     assert _oci.defaults_from_os_info(_deploy(tmp_path)) == {"repository": "ourbox-mini", "tag": "1.2.0-dev"}
 
@@ -150,8 +176,8 @@ def test_defaults_from_os_info(tmp_path):
 def test_plan_is_deterministic_and_well_formed(tmp_path):
     deploy = _deploy(tmp_path)
     notes = _oci.build_annotations(deploy, _oci.deploy_files(deploy))
-    first = _oci.Plan(deploy, notes, ["linux/amd64", "linux/arm64"])
-    second = _oci.Plan(deploy, notes, ["linux/amd64", "linux/arm64"])
+    first = _oci.Plan(_oci.deploy_files(deploy), notes, ["linux/amd64", "linux/arm64"])
+    second = _oci.Plan(_oci.deploy_files(deploy), notes, ["linux/amd64", "linux/arm64"])
     assert first.image_raw == second.image_raw and first.artifact_raw == second.artifact_raw
     index = json.loads(first.image_raw)
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
@@ -165,7 +191,7 @@ def test_plan_is_deterministic_and_well_formed(tmp_path):
         "os.info": "application/vnd.pibake.os-info.v1+text"}
     roles = [role for role, dummy_raw, dummy_type in first.referrers(first.artifact_raw, _oci.OCI_MANIFEST)]
     assert roles == ["sbom image.cdx.json", "checksums"]
-    single = _oci.Plan(deploy, notes, ["linux/arm64"])
+    single = _oci.Plan(_oci.deploy_files(deploy), notes, ["linux/arm64"])
     assert json.loads(single.image_raw)["mediaType"] == _oci.OCI_MANIFEST
 
 
