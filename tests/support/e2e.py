@@ -74,12 +74,21 @@ def existing_build(profile: str) -> Optional[Build]:
 
 @contextlib.contextmanager
 def reattached(image: str, work: str) -> Iterator[str]:
-    """Attach a built image read-mostly (no DNS, no trim, boot files not written back) and yield its root."""
-    session = _session.attach_image(image, work, owner_pid=os.getpid(), dns=False)
+    """Attach a sparse copy of a built image (no DNS, no trim, boot files not written back) and yield its root.
+
+    A copy, because attaching mounts the root read-write and installs the build's guards: the release image must
+    stay as built, and tests that read it directly (debugfs, fsck) must never see a mounted, half-flushed state.
+    """
+    copy = os.path.join(work, "reattached.img")
+    subprocess.run(["cp", "--sparse=always", image, copy], check=True)
     try:
-        yield session.root
+        session = _session.attach_image(copy, work, owner_pid=os.getpid(), dns=False)
+        try:
+            yield session.root
+        finally:
+            _session.detach(_lease.path_of(session.record), write_back=False, trim=False)
     finally:
-        _session.detach(_lease.path_of(session.record), write_back=False, trim=False)
+        os.unlink(copy)
 
 
 def host(root: str):
