@@ -125,6 +125,8 @@ def assert_nothing_changed(env: harness.FaultEnv, before: Dict[str, object], bas
     assert not changed, f"the failed run changed the disk: {changed}"
     assert env.leases() == [], env.leases()
     assert baseline.new_loops() == [] and baseline.new_mounts() == []
+    # The lease guard notices that its lease is gone within one poll (0.5 s): give it a moment to exit.
+    leaks.wait_until(lambda: not leaks.processes(folder=env.root, marker=env.marker), timeout=15)
     assert not leaks.processes(folder=env.root, marker=env.marker)
 
 
