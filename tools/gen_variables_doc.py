@@ -44,6 +44,10 @@ ENVIRONMENT = {
     "PIBAKE_PROGRESS_HEARTBEAT": "Seconds without progress before a \"still running\" line (default 60, 0 = off).",
     "PIBAKE_PROGRESS_FILES": "More progress files or glob patterns to follow, comma-separated.",
     "PIBAKE_PROGRESS_SUMMARY": "`false` turns off the list of output files at the end of the run.",
+    "PIBAKE_INTERRUPT_GRACE": "Seconds after Ctrl-C before `pibake.image.interrupt_watchdog` ends a run that "
+                              "ansible-core's shutdown hang holds (default 3).",
+    "PIBAKE_INTERRUPT_DEADLINE": "Seconds after Ctrl-C after which `pibake.image.interrupt_watchdog` ends a run "
+                                 "that still runs, with thread stacks (default 30).",
     "PIBAKE_REGISTRY": "Registry `host[:port]` for publish, pull and mirror.",
     "PIBAKE_REGISTRY_NAMESPACE": "Path in front of repository names, e.g. `ourbox`.",
     "PIBAKE_REGISTRY_TLS": "`true` (HTTPS, verified) or `false` (plain HTTP); unset: HTTPS except for localhost.",

@@ -233,6 +233,7 @@ class FaultEnv:
             ANSIBLE_LOCAL_TEMP=self.path("ansible-tmp"),
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_FORCE_COLOR="0",
+            PYTHONFAULTHANDLER="1",  # a stuck run can be asked for its Python stacks (SIGABRT) before it is killed
         )
         return env
 
@@ -383,7 +384,7 @@ class FaultEnv:
             run.returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             finding = (f"ansible-playbook ({run.stage} run {run.index}) still ran {timeout:.0f} s after "
-                       f"{signal.Signals(run.kill.sig).name}; killed it")
+                       f"{signal.Signals(run.kill.sig).name}; killed it. {stuck_state(proc.pid, run.out)}")
             os.killpg(proc.pid, signal.SIGKILL)
             run.returncode = proc.wait()
         run.events.append((time.monotonic(), "@end"))
@@ -410,6 +411,29 @@ class FaultEnv:
         if run.returncode != 0:
             raise AssertionError(f"clean.yml failed (rc {run.returncode}): {run.output()[-3000:]}")
         return run
+
+
+def stuck_state(pid: int, out: str) -> str:
+    """What a stuck ansible-playbook waits for: its threads' kernel wait channels and, from faulthandler (SIGABRT,
+    see PYTHONFAULTHANDLER in FaultEnv.env), its Python stacks, which land at the end of its output file."""
+    channels = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")) if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan", encoding="utf-8") as handle:
+                channels.append(f"{tid}:{handle.read().strip() or '-'}")
+        except OSError:
+            pass
+    children = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,stat=,args="], capture_output=True,
+                              text=True).stdout.strip()
+    try:
+        os.kill(pid, signal.SIGABRT)
+        time.sleep(2)
+        with open(out, encoding="utf-8", errors="replace") as handle:
+            tail = handle.read()[-6000:]
+    except OSError:
+        tail = ""
+    stacks = tail[tail.find("Fatal Python error"):] if "Fatal Python error" in tail else "(no Python stacks)"
+    return f"threads {' '.join(channels)}; children: {children or 'none'}; stacks: {stacks}"
 
 
 # ------------------------------------------------------------------------------------------------ verification
