@@ -18,6 +18,7 @@ import multiprocessing, os, signal, sys, threading, time
 sys.path.insert(0, {os.path.dirname(os.path.dirname(COLLECTIONS))!r})
 from ansible_collections.pibake.image.plugins.module_utils._interrupt import arm_on_interrupt
 queue = multiprocessing.get_context("fork").SimpleQueue()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as ansible-core's own; a background job starts ignoring it
 
 def worker(linger):  # like an ansible worker ended by the interrupt while it wrote into the results queue
     queue._wlock.acquire()
