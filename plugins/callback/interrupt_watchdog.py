@@ -11,11 +11,12 @@ description:
   - ansible-core 2.19 can hang forever after Ctrl-C (SIGINT) when one of its workers, ended by the interrupt, was
     writing into the results queue at that moment and left the queue's lock taken; the strategy then waits for that
     lock during its cleanup.
-  - This callback adds a watchdog to the interrupt. O(grace) seconds after the first SIGINT, when the main thread
-    waits for a queue lock and no worker is alive any more, it releases the orphaned lock so the shutdown finishes
-    normally (with a line on stderr). When ansible-playbook still runs O(deadline) seconds after the interrupt,
-    for whatever reason, it prints every thread's stack to stderr and exits with 99, the exit code of an interrupted
-    run; the build's lease guards release its loop devices and mounts.
+  - This callback adds a watchdog to the interrupt. From O(grace) seconds after the first SIGINT on, when the main
+    thread waits for a queue lock and no worker is alive any more (nothing can release the lock, and the queue holds
+    half a message), it prints one line on stderr, removes ansible's local temporary folder and exits with 99, the
+    exit code of an interrupted run. When ansible-playbook still runs O(deadline) seconds after the interrupt, for
+    whatever reason, it prints every thread's stack to stderr and exits the same way. Either way the build's lease
+    guards release its loop devices and mounts.
   - Runs nothing until an interrupt comes.
 requirements:
   - Enabled through C(callbacks_enabled) in C(ansible.cfg) (the project's does).

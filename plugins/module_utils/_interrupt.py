@@ -29,6 +29,8 @@ import threading
 import time
 from typing import List, Optional
 
+from ansible_collections.pibake.image.plugins.module_utils._lease import command_line
+
 EXIT_INTERRUPTED = 99
 _MP = os.sep + "multiprocessing" + os.sep
 
@@ -54,13 +56,13 @@ def blocked_queue_lock(frame):
 def live_forks(pid: Optional[int] = None) -> List[int]:
     """Children of ``pid`` that are forks of it (same command line) and have not exited: ansible's workers."""
     pid = pid or os.getpid()
-    own = _read(f"/proc/{pid}/cmdline")
+    own = command_line(pid)
     found = []
     for tid in _listdir(f"/proc/{pid}/task"):
         for child in _read(f"/proc/{pid}/task/{tid}/children").split():
             stat = _read(f"/proc/{child}/stat")
             state = stat.rpartition(")")[2].split()[:1]
-            if state and state[0] not in ("Z", "X") and _read(f"/proc/{child}/cmdline") == own:
+            if state and state[0] not in ("Z", "X") and command_line(int(child)) == own:
                 found.append(int(child))
     return found
 
